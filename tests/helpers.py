@@ -1,0 +1,200 @@
+"""Shared test tools: generated photos, waiting on conditions with a deadline, and a daemon runner."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus"
+
+# EXIF orientation -> the transpose that makes a stored image upright (what exif_transpose applies).
+_TO_STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def upright_test_image(width: int, height: int) -> Image.Image:
+    """Grey image with a red top-left corner and a blue bottom-right one, so orientation shows."""
+    im = Image.new("RGB", (width, height), (128, 128, 128))
+    cw, ch = max(1, width // 4), max(1, height // 4)
+    im.paste((255, 0, 0), (0, 0, cw, ch))
+    im.paste((0, 0, 255), (width - cw, height - ch, width, height))
+    return im
+
+
+def make_jpeg(path: str | os.PathLike[str], width: int = 400, height: int = 300, *, orientation: int = 1, quality: int = 90) -> Path:
+    """Write a JPEG whose *upright* view is width x height with a red top-left corner.
+
+    The pixels are stored as a camera would store them for `orientation`, with the EXIF tag set,
+    so only a reader that applies the orientation sees the red corner top-left.
+    """
+    path = Path(path)
+    upright = upright_test_image(width, height)
+    stored_op = _TO_STORED[orientation]
+    # exif_transpose applies the inverse of how the camera stored it; for 6 and 8 the inverse
+    # of ROTATE_270 is ROTATE_90 and vice versa, the others are their own inverse.
+    inverse = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+    stored = upright if stored_op is None else upright.transpose(inverse.get(stored_op, stored_op))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, "JPEG", quality=quality, exif=exif.tobytes())
+    return path
+
+
+def jpeg_bytes(width: int = 400, height: int = 300, *, orientation: int = 1) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    upright = upright_test_image(width, height)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def corner_colour(im: Image.Image, corner: str) -> tuple[int, int, int]:
+    """Colour a few pixels in from a corner ('tl', 'tr', 'bl', 'br')."""
+    im = im.convert("RGB")
+    x = 2 if corner[1] == "l" else im.width - 3
+    y = 2 if corner[0] == "t" else im.height - 3
+    return im.getpixel((x, y))
+
+
+def is_red(rgb: tuple[int, int, int]) -> bool:
+    r, g, b = rgb
+    return r > 180 and g < 80 and b < 80
+
+
+def is_blue(rgb: tuple[int, int, int]) -> bool:
+    r, g, b = rgb
+    return b > 180 and r < 80 and g < 80
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "") -> object:
+    """Poll until predicate() is truthy; fail the test with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {message or predicate}")
+        time.sleep(interval)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class Daemon:
+    """`python -m watcher run` as a subprocess in its own session, with its log captured line by line."""
+
+    def __init__(self, config: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run"):
+        self.config = config
+        full_env = dict(os.environ)
+        full_env.pop("JOURNAL_STREAM", None)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", command, "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or config.parent,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._lock:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def log(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def text(self) -> str:
+        return "\n".join(self.log())
+
+    def matching(self, pattern: str) -> list[str]:
+        rx = re.compile(pattern)
+        return [line for line in self.log() if rx.search(line)]
+
+    def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> list[str]:
+        def enough() -> bool:
+            return len(self.matching(pattern)) >= count or self.proc.poll() is not None and len(self.matching(pattern)) >= count
+
+        try:
+            wait_for(lambda: enough() or self.proc.poll() is not None, timeout, message=f"log line /{pattern}/ x{count}")
+        except AssertionError:
+            raise AssertionError(f"no log line /{pattern}/ x{count} within {timeout}s; log so far:\n{self.text()}") from None
+        found = self.matching(pattern)
+        if len(found) < count:
+            raise AssertionError(f"daemon exited (code {self.proc.returncode}) before /{pattern}/ x{count}; log:\n{self.text()}")
+        return found
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self.wait_log(r"\bready\b", timeout)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon did not exit within {timeout}s; log:\n{self.text()}") from None
+
+    def children(self) -> list[int]:
+        """Pids of every process in the daemon's session (its workers, forkserver...), itself excluded."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.proc.pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # fields after the comm: state ppid pgrp session ...
+            if fields[0] != b"Z" and int(fields[3]) == self.proc.pid:
+                pids.append(int(entry))
+        return pids
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._reader.join(5)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tw-")]
