@@ -123,10 +123,11 @@ class PathRules:
         return self.output_roots
 
 
-def temp_path_for(final: str) -> str:
-    """A temp name beside the final path: same folder (so rename is atomic), hidden, and ours."""
+def temp_path_for(final: str, pid: int | None = None) -> str:
+    """A temp name beside the final path: same folder (so rename is atomic), hidden, ours, and
+    naming the writing process, so the master can remove what a killed worker left behind."""
     folder, name = os.path.split(final)
-    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{name}.tmp")
+    return os.path.join(folder, f"{TEMP_PREFIX}{pid or os.getpid()}-{name}.tmp")
 
 
 def is_our_temp(name: str) -> bool:
@@ -139,3 +140,10 @@ def inside(path: str, folder: str) -> bool:
 
 def relative_to_root(path: str, root: str) -> Path:
     return Path(path).relative_to(root)
+
+
+def shown(path: str) -> str:
+    """A path for a log line: undecodable bytes and control characters (a newline in a name)
+    escaped, so one photo stays one line."""
+    text = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
