@@ -1,0 +1,147 @@
+"""Config validation: good files load with defaults, bad ones are refused naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from watcher.config import ConfigError, load
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_loads_with_every_key_documented(tmp_path):
+    config = load(REPO / "config" / "thumbwatch.yaml", base_dir=tmp_path)
+    assert config.watch.paths == (tmp_path / "photos",)
+    assert config.watch.create is True
+    assert [s.name for s in config.output.sizes] == ["small"]
+    shipped = (REPO / "config" / "thumbwatch.yaml").read_text()
+    for section, values in config.effective().items():
+        assert f"{section}:" in shipped
+        for key in values:
+            assert f"{key}:" in shipped, f"{section}.{key} is not documented in the shipped config"
+
+
+def test_issue_shape_keeps_working(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, """
+watch:
+  paths: [photos]
+  recursive: true
+  patterns: ["*.jpg", "*.jpeg"]
+  ignore: []
+  observer: auto
+output:
+  dir: thumbs
+  sizes:
+    - {name: small, width: 75, height: 75}
+  format: jpeg
+  quality: 85
+workers:
+  count: auto
+  queue_size: 1000
+log:
+  level: info
+"""), base_dir=tmp_path)
+    assert config.workers.count >= 1
+    assert config.output.sizes[0].width == 75 and config.output.sizes[0].mode == "fit"
+    assert config.output.dir == Path("thumbs")
+
+
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("watch: {paths: [photos], recursve: true}", "watch.recursve", "unknown key"),
+        ("watch: {paths: [photos]}\nworkrs: {count: 2}", "workrs", "unknown key"),
+        ("watch: {paths: [photos], recursive: 'yes'}", "watch.recursive", "true or false"),
+        ("watch: {paths: [photos]}\nworkers: {count: two}", "workers.count", "auto or a whole number"),
+        ("watch: {paths: [photos]}\nworkers: {queue_size: 0}", "workers.queue_size", "whole number"),
+        ("watch: {paths: [photos]}\noutput: {quality: 101}", "output.quality", "from 1 to 100"),
+        ("watch: {paths: [photos]}\noutput: {format: gif}", "output.format", "jpeg, webp, png"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, width: -5, height: 5}]}", "output.sizes[0].width", "whole number"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{width: 5, height: 5}]}", "output.sizes[0].name", "name"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{name: a, width: 5, height: 5}, {name: a, width: 9, height: 9}]}", "output.sizes", "used twice"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, width: 5, height: 5, template: '../{stem}'}]}", "output.sizes[0].template", "without '..'"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, mode: fill, width: 5}]}", "output.sizes[0].height", "fill needs"),
+        ("watch: {paths: [photos]}\noutput: {dir: ../elsewhere}", "output.dir", "no '..'"),
+        ("watch: {paths: [nowhere]}", "watch.paths", "does not exist"),
+        ("watch: {paths: []}", "watch.paths", "at least one"),
+        ("watch: {paths: [photos]}\nlog: {level: loud}", "log.level", "debug, info"),
+        ("watch: {paths: [photos]}\nlimits: {photo_timeout: 0}", "limits.photo_timeout", "greater than 0"),
+        ("watch: [photos]", "watch", "mapping"),
+    ],
+)
+def test_bad_values_are_refused_naming_file_and_key(tmp_path, text, key, expected):
+    (tmp_path / "photos").mkdir()
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path, base_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}:"), message
+    assert expected in message
+
+
+def test_missing_folder_is_created_only_when_asked(tmp_path):
+    config = load(write(tmp_path, "watch: {paths: [new/photos], create: true}"), base_dir=tmp_path)
+    assert config.watch.paths == (tmp_path / "new" / "photos",)
+
+
+def test_output_dir_holding_the_watched_folder_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ConfigError, match="output.dir"):
+        load(write(tmp_path, f"watch: {{paths: [photos]}}\noutput: {{dir: {tmp_path}}}"), base_dir=tmp_path)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 3\)"):
+        load(write(tmp_path, "watch:\n  paths: [photos]\n   bad: 1\n"), base_dir=tmp_path)
+
+
+def test_effective_config_round_trips(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, "watch: {paths: [photos]}\nworkers: {count: 3}"), base_dir=tmp_path)
+    dumped = config.effective()
+    assert dumped["workers"]["count"] == 3
+    again = load(write(tmp_path, yaml.safe_dump(dumped)), base_dir=tmp_path)
+    assert again.effective() == dumped
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "watcher", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_prints_effective_config(tmp_path):
+    (tmp_path / "photos").mkdir()
+    write(tmp_path, "watch: {paths: [photos]}")
+    result = run_cli("check-config", "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert effective["output"]["sizes"][0]["width"] == 75
+    assert effective["watch"]["paths"] == [str(tmp_path / "photos")]
+
+
+@pytest.mark.parametrize("command", ["check-config", "run", "scan"])
+@pytest.mark.parametrize("text, key", [("watch: {paths: [photos], colour: red}", "watch.colour"), ("watch: {paths: [photos], recursive: 3}", "watch.recursive")])
+def test_bad_config_exits_78_with_the_key_and_no_traceback(tmp_path, command, text, key):
+    (tmp_path / "photos").mkdir()
+    write(tmp_path, text)
+    result = run_cli(command, "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 78
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version(tmp_path):
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("thumbwatch ")
