@@ -1,7 +1,11 @@
-"""The freedesktop.org Thumbnail Managing Standard: where thumbnails live and what they are named.
+"""The freedesktop.org Thumbnail Managing Standard: where thumbnails live, what they are named and
+what they carry.
 
 Spec: thumbnails are PNGs in $XDG_CACHE_HOME/thumbnails/<flavor>/, named by the MD5 of the
-photo's canonical file:// URI (RFC 3986 percent-encoding), carrying Thumb::* text chunks.
+photo's canonical file:// URI, carrying Thumb::* text chunks (Thumb::MTime is how a reader
+knows a thumbnail is fresh), written atomically, files 0600 and folders 0700. A photo that
+cannot be thumbnailed gets an entry in fail/<program>-<version>/ so no one retries it until
+it changes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from PIL import Image, PngImagePlugin
+
 from .config import SizeSpec
 
 SIZES = (
@@ -19,6 +25,11 @@ SIZES = (
     SizeSpec(name="x-large", width=512, height=512, format="png"),
     SizeSpec(name="xx-large", width=1024, height=1024, format="png"),
 )
+PROGRAM = "thumbwatch"
+# What GLib's g_filename_to_uri() leaves unescaped in a path (RFC 3986 unreserved, '/', and
+# the sub-delims and ':' '@' a path may hold, except ';'). GNOME, and every reader that follows
+# it, hashes that exact string, so a different choice means thumbnails nobody finds.
+_URI_SAFE = "/!$&'()*+,-.:=@_~"
 
 
 def cache_root() -> Path:
@@ -27,11 +38,109 @@ def cache_root() -> Path:
 
 
 def uri_for(path: str) -> str:
-    """The canonical file:// URI: absolute path, bytes percent-encoded except RFC 3986 unreserved and '/'."""
+    """The canonical file:// URI: absolute path, its bytes percent-encoded (UTF-8 for non-ASCII,
+    upper-case hex, a space as %20), leaving letters, digits and _URI_SAFE as they are."""
     raw = os.fsencode(os.path.abspath(path))
-    return "file://" + quote(raw, safe="/-._~")
+    return "file://" + quote(raw, safe=_URI_SAFE)
+
+
+def _digest(photo: str) -> str:
+    return hashlib.md5(uri_for(photo).encode("ascii")).hexdigest()
 
 
 def thumbnail_path(photo: str, flavor: str) -> Path:
-    digest = hashlib.md5(uri_for(photo).encode("ascii")).hexdigest()
-    return cache_root() / flavor / f"{digest}.png"
+    return cache_root() / flavor / f"{_digest(photo)}.png"
+
+
+def fail_path(photo: str, version: str) -> Path:
+    return cache_root() / "fail" / f"{PROGRAM}-{version}" / f"{_digest(photo)}.png"
+
+
+def ensure_dir(folder: str | os.PathLike[str]) -> None:
+    """Create a thumbnail folder 0700 (and thumbnails/ itself, 0700), leaving existing ones alone."""
+    folder = Path(folder)
+    root = cache_root()
+    chain = [folder, *folder.parents]
+    private = [p for p in chain if p == root or root in p.parents]
+    if not private:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    outside = root.parent
+    outside.mkdir(parents=True, exist_ok=True)
+    for p in reversed(private):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            pass
+
+
+def text_chunks(photo: str, st: os.stat_result, mimetype: str, size: tuple[int, int]) -> PngImagePlugin.PngInfo:
+    """The Thumb::* chunks for a thumbnail of `photo`, whose upright size is `size`."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Thumb::URI", uri_for(photo))
+    info.add_text("Thumb::MTime", str(int(st.st_mtime)))
+    info.add_text("Thumb::Size", str(st.st_size))
+    info.add_text("Thumb::Mimetype", mimetype)
+    info.add_text("Thumb::Image::Width", str(size[0]))
+    info.add_text("Thumb::Image::Height", str(size[1]))
+    info.add_text("Software", PROGRAM)
+    return info
+
+
+def record_failure(photo: str, st: os.stat_result, version: str) -> None:
+    """Write the spec's fail entry (a 1×1 PNG with Thumb::URI and Thumb::MTime). Best effort:
+    a full disk here must not hide the photo's own error."""
+    final = fail_path(photo, version)
+    temp = final.with_name(f".tw-{os.getpid()}-{final.name}.tmp")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Thumb::URI", uri_for(photo))
+    info.add_text("Thumb::MTime", str(int(st.st_mtime)))
+    info.add_text("Software", PROGRAM)
+    try:
+        ensure_dir(final.parent)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            Image.new("RGBA", (1, 1)).save(out, "PNG", pnginfo=info)
+        os.replace(temp, final)
+    except OSError:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+
+
+def forget_failure(photo: str, version: str) -> None:
+    """A photo that now thumbnails fine has no business in fail/."""
+    try:
+        os.unlink(fail_path(photo, version))
+    except OSError:
+        pass
+
+
+def _text(path: Path) -> dict[str, str] | None:
+    try:
+        with Image.open(path, formats=("PNG",)) as im:
+            im.load()
+            return dict(im.text)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _matches(path: Path, photo: str) -> bool:
+    try:
+        mtime = str(int(os.stat(photo).st_mtime))
+    except OSError:
+        return False
+    text = _text(path)
+    return text is not None and text.get("Thumb::URI") == uri_for(photo) and text.get("Thumb::MTime") == mtime
+
+
+def is_fresh(photo: str, flavor: str | None = None) -> bool:
+    """Does `photo` have an up-to-date thumbnail (in `flavor`, or in every flavor), by Thumb::MTime?"""
+    flavors = [flavor] if flavor else [size.name for size in SIZES]
+    return all(_matches(thumbnail_path(photo, name), photo) for name in flavors)
+
+
+def has_failed(photo: str, version: str) -> bool:
+    """Is there a fail entry for `photo` as it is now (same Thumb::MTime)?"""
+    return _matches(fail_path(photo, version), photo)

@@ -1,5 +1,11 @@
 """Photo + size specs -> thumbnails on disk. Pure: knows nothing of queues, signals or logging.
 
+The cost of a thumbnail is decoding the photo, so a JPEG is decoded once, with libjpeg's DCT
+scaling at the smallest 1/2, 1/4 or 1/8 scale that still covers the largest size; every size is
+then resampled (integer reduce, then Lanczos) from the smallest image already made that covers
+it, largest size first. Orientation, colour conversion and cropping are done on the small
+images, where they are cheap.
+
 Each output is written to a hidden temp name in its final folder, stamped with the photo's
 mtime (which is how a later stat-only scan knows it is up to date), then renamed into place.
 Expected failures raise RenderError with a human reason; anything else is a bug.
@@ -8,13 +14,41 @@ Expected failures raise RenderError with a human reason; anything else is a bug.
 from __future__ import annotations
 
 import os
+import re
+import stat
+import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .config import OutputConfig
-from .paths import Target, temp_path_for
+from . import __version__, colour, freedesktop
+from .config import OutputConfig, SizeSpec
+from .paths import JPEG_EXTS, Target, temp_path_for
+
+# Lanczos from at least this many times the target size after the integer reduce: with 3.0
+# Pillow documents the result as indistinguishable from a full Lanczos resample.
+REDUCING_GAP = 3.0
+# JPEG's opener also yields MPO (it may not be named in formats=)
+BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+OPTIONAL_FORMATS = ("AVIF", "HEIF")
+ORIENTATION = 0x0112
+GPS_IFD = 0x8825
+# EXIF orientation -> the transpose that makes the stored pixels upright.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
+        "TIFF": "image/tiff", "BMP": "image/bmp", "AVIF": "image/avif", "HEIF": "image/heif"}
+_JPEG_SEGMENT = 65533
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[1-8]')
 
 
 class RenderError(Exception):
@@ -46,74 +80,498 @@ class RenderResult:
     outputs: tuple[tuple[str, int, int], ...]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One target's geometry, upright: scale the whole photo to `scaled`, then crop to `box`."""
+
+    target: Target
+    scaled: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+    upscaled: bool
+
+
 def render(src: str, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:
+    # Our max_pixels, checked from the header below, is the limit; Pillow's own bomb check
+    # would refuse or warn at a different number.
+    Image.MAX_IMAGE_PIXELS = None
+    fd = _open(src)
+    with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
+        # Pillow warns about corrupt EXIF and the like on stderr; what matters becomes a RenderError
+        warnings.simplefilter("ignore")
+        st = os.fstat(f.fileno())
+        try:
+            result = _render(f, src, st, targets, settings)
+        except RenderError as err:
+            if type(err) is RenderError and settings.output.style == "freedesktop":
+                freedesktop.record_failure(src, st, __version__)
+            raise
+    if settings.output.style == "freedesktop":
+        freedesktop.forget_failure(src, __version__)
+    _check_still_there(src, result)
+    return result
+
+
+def _open(src: str) -> int:
+    # O_NONBLOCK: a FIFO named x.jpg must not hang the worker in open().
     try:
-        st = os.stat(src)
-    except FileNotFoundError:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except (FileNotFoundError, NotADirectoryError):
         raise PhotoVanished("vanished before it could be read") from None
     except PermissionError:
         raise RenderError("permission denied") from None
-    if not os.path.isfile(src):
-        raise RenderError("not a regular file")
+    except OSError as err:
+        raise RenderError(f"cannot open: {os.strerror(err.errno) if err.errno else err}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise RenderError("not a regular file (a folder)" if stat.S_ISDIR(mode) else "not a regular file")
+    return fd
+
+
+def _check_still_there(src: str, result: RenderResult) -> None:
+    """A photo deleted while we worked must not leave thumbnails behind (its delete event has passed)."""
+    if os.path.lexists(src):
+        return
+    for path, _w, _h in result.outputs:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    raise PhotoVanished("vanished while being thumbnailed")
+
+
+def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:
     if st.st_size == 0:
         raise RenderError("empty file (0 bytes)")
+    head = _read_head(f)
+    kind = _sniff(head)
+    jpeg_named = os.path.splitext(src)[1].lower() in JPEG_EXTS
+    formats = _formats_for(kind, jpeg_named)
+    output = settings.output
     try:
-        with Image.open(src) as im:
-            w, h = im.size
-            if w * h > settings.max_pixels:
-                raise RenderError(f"image too large: {w}×{h} exceeds max_pixels ({settings.max_pixels})")
-            biggest = max(max(t.size.width or 0, t.size.height or 0) for t in targets)
-            im.draft("RGB" if im.mode != "L" else "L", (biggest, biggest))
+        im = Image.open(f, formats=formats)
+    except UnidentifiedImageError:
+        raise RenderError(_unidentified(kind, head, f, jpeg_named)) from None
+    except _PHOTO_ERRORS as err:
+        raise RenderError(_reason(err, kind, f)) from None
+    with im:
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise RenderError(f"corrupt {_label(kind)} header (size {w}×{h})")
+        if w * h > settings.max_pixels:
+            raise RenderError(f"image too large: {w}×{h} exceeds max_pixels ({settings.max_pixels})")
+        exif = _exif(im)
+        orientation = _orientation(exif)
+        swap = orientation in (5, 6, 7, 8)
+        upright = (h, w) if swap else (w, h)
+        plans = sorted((_plan(t, upright) for t in targets), key=lambda p: p.scaled[0] * p.scaled[1], reverse=True)
+        biggest = plans[0].scaled if plans else (1, 1)
+        box = None
+        if im.format in ("JPEG", "MPO"):
+            drafted = im.draft(im.mode, (biggest[1], biggest[0]) if swap else biggest)
+            if drafted is not None:
+                box = drafted[1]
+        try:
             im.load()
-            upright = ImageOps.exif_transpose(im)
-    except RenderError:
-        raise
-    except FileNotFoundError:
-        raise PhotoVanished("vanished while being read") from None
-    except PermissionError:
-        raise RenderError("permission denied") from None
-    except Image.DecompressionBombError as err:
-        raise RenderError(f"image too large: {err}") from None
-    except Image.UnidentifiedImageError:
-        raise RenderError("not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise RenderError(_reason(err)) from None
-    if upright.mode not in ("RGB", "L"):
-        upright = upright.convert("RGB")
+            work = _working_mode(im)
+        except _PHOTO_ERRORS as err:
+            raise RenderError(_reason(err, kind, f)) from None
+        info = dict(im.info)
+        mimetype = MIME.get(im.format or "", "application/octet-stream")
+    profile = info.get("icc_profile") or None
+    keep_profile = output.color == "keep" and profile is not None and work.mode != "CMYK" and colour.fits(profile, work.mode)
+    metadata = _metadata(exif, info, output.metadata, keep_profile and profile)
+    fd_info = None
+    if output.style == "freedesktop":
+        fd_info = freedesktop.text_chunks(src, st, mimetype, upright)
+
+    made: list[tuple[tuple[int, int], Image.Image]] = []  # colour-converted, stored orientation
     outputs = []
-    for target in targets:
-        thumb = upright.copy()
-        thumb.thumbnail((target.size.width or 10**6, target.size.height or 10**6), Image.Resampling.LANCZOS)
-        _write(thumb, target, settings.output, st)
-        outputs.append((target.path, thumb.width, thumb.height))
-    return RenderResult(upright.width, upright.height, tuple(outputs))
+    for plan in plans:
+        size = (plan.scaled[1], plan.scaled[0]) if swap else plan.scaled
+        source, src_box = work, box
+        for have_size, have in made:  # the smallest one made so far that covers this size
+            if have_size[0] >= size[0] and have_size[1] >= size[1] and (source is work or have.width < source.width):
+                source, src_box = have, None
+        scaled = source if source.size == size and src_box is None else source.resize(
+            size, Image.Resampling.LANCZOS, box=src_box, reducing_gap=REDUCING_GAP)
+        if source is work:
+            scaled = scaled if keep_profile else colour.to_srgb(scaled, profile)
+            if scaled.mode == "CMYK":
+                scaled = scaled.convert("RGB")
+        if not plan.upscaled:
+            made.append((size, scaled))
+        thumb = scaled.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else scaled
+        if plan.box is not None:
+            thumb = thumb.crop(plan.box)
+        _write(thumb, plan.target, output, st, metadata, fd_info)
+        outputs.append((plan.target.path, thumb.width, thumb.height))
+    order = {t.path: i for i, t in enumerate(targets)}
+    outputs.sort(key=lambda o: order[o[0]])
+    return RenderResult(upright[0], upright[1], tuple(outputs))
 
 
-def _reason(err: BaseException) -> str:
-    text = str(err)
-    if "truncated" in text:
-        return "truncated JPEG"
-    return text or type(err).__name__
+def _plan(target: Target, upright: tuple[int, int]) -> _Plan:
+    """Where the photo must be scaled to, and cropped to, for one size; never up unless asked."""
+    spec: SizeSpec = target.size
+    w, h = upright
+    bw, bh = spec.width, spec.height
+    if spec.mode == "width":
+        scale = bw / w
+    elif spec.mode == "height":
+        scale = bh / h
+    elif spec.mode == "fill":
+        scale = max(bw / w, bh / h)
+    else:
+        scale = min(bw / w, bh / h)
+    if scale > 1 and not spec.upscale:
+        scale = 1.0
+    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+    crop = None
+    if spec.mode == "fit":
+        sw, sh = min(sw, bw), min(sh, bh)
+    elif spec.mode == "fill":
+        cw, ch = min(sw, bw), min(sh, bh)
+        if (cw, ch) != (sw, sh):
+            left, top = (sw - cw) // 2, (sh - ch) // 2
+            crop = (left, top, left + cw, top + ch)
+    return _Plan(target, (sw, sh), crop, scale > 1)
 
 
-def _write(thumb: Image.Image, target: Target, output: OutputConfig, st: os.stat_result) -> None:
-    temp = temp_path_for(target.path)
+# --- decoding ---------------------------------------------------------------------------
+
+# What Pillow raises for a bad photo: more than OSError (corrupt EXIF gives SyntaxError, a
+# bomb a plain Exception subclass, broken headers ValueError/struct.error/ZeroDivisionError).
+_PHOTO_ERRORS = (
+    OSError, SyntaxError, ValueError, TypeError, struct.error, ZeroDivisionError, EOFError,
+    IndexError, KeyError, OverflowError, MemoryError, Image.DecompressionBombError,
+)
+
+
+def _formats_for(kind: str | None, jpeg_named: bool) -> tuple[str, ...]:
+    formats = list(BASE_FORMATS)
+    if kind in ("heif", "avif"):
+        if _heif_registered():
+            formats.append("HEIF")
+        elif kind == "heif":
+            what = "not a JPEG (looks like HEIF" if jpeg_named else "HEIF image (cannot be read"
+            raise RenderError(f"{what}; install thumbwatch[heif])")
+    if "AVIF" in Image.registered_extensions().values():
+        formats.append("AVIF")
+    return tuple(formats)
+
+
+_heif: bool | None = None
+
+
+def _heif_registered() -> bool:
+    """Register pillow-heif's opener the first time a HEIF/AVIF file shows up (if installed)."""
+    global _heif
+    if _heif is None:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            _heif = False
+        else:
+            register_heif_opener()
+            _heif = True
+    return _heif
+
+
+def _read_head(f) -> bytes:
     try:
-        os.makedirs(os.path.dirname(target.path), exist_ok=True)
-        fmt = target.size.format
-        params: dict = {}
-        if fmt == "jpeg":
-            params = {"quality": target.size.quality, "optimize": False}
-        elif fmt == "webp":
-            params = {"quality": target.size.quality}
-        thumb.save(temp, format=fmt.upper(), **params)
+        head = f.read(512)
+        f.seek(0)
+    except OSError as err:
+        raise RenderError(f"read error: {os.strerror(err.errno) if err.errno else err}") from None
+    return head
+
+
+_FTYP_BRANDS = {
+    b"heic": "heif", b"heix": "heif", b"hevc": "heif", b"hevx": "heif", b"heim": "heif", b"heis": "heif",
+    b"mif1": "heif", b"msf1": "heif", b"avif": "avif", b"avis": "avif", b"crx ": "Canon CR3 raw",
+    b"qt  ": "QuickTime video", b"isom": "MP4 video", b"iso2": "MP4 video", b"mp41": "MP4 video",
+    b"mp42": "MP4 video", b"M4V ": "MP4 video", b"3gp4": "3GP video", b"3gp5": "3GP video",
+    b"jp2 ": "JPEG 2000", b"jxl ": "JPEG XL",
+}
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"), (b"BM", "bmp"),
+    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"8BPS", "Photoshop PSD"), (b"FUJIFILMCCD-RAW", "Fujifilm raw"), (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"7z\xbc\xaf", "7z"), (b"Rar!", "RAR"),
+)
+# Kinds we would decode; anything else sniffed is "not an image".
+_IMAGE_KINDS = ("jpeg", "png", "gif", "webp", "tiff", "bmp", "heif", "avif")
+_NOT_IMAGES = ("HTML", "SVG", "XML", "JSON", "text", "PDF", "ZIP", "gzip", "7z", "RAR", "zero bytes only")
+_LABEL = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WebP", "tiff": "TIFF", "bmp": "BMP",
+          "heif": "HEIF", "avif": "AVIF"}
+
+
+def _sniff(head: bytes) -> str | None:
+    """What the first bytes say the file is: a kind we decode, something else by name, or None."""
+    if not head.strip(b"\x00"):
+        return "zero bytes only"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        brand = _FTYP_BRANDS.get(head[8:12])
+        if brand is None:
+            # the major brand may be generic: look through the compatible brands too
+            compatible = [head[i : i + 4] for i in range(16, min(len(head), int.from_bytes(head[:4], "big")), 4)]
+            brand = next((_FTYP_BRANDS[b] for b in compatible if b in _FTYP_BRANDS), "ISO media (MP4/HEIF family)")
+        return brand
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "HTML"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "SVG"
+    if text.startswith(b"<?xml"):
+        return "XML"
+    if text.startswith((b"{", b"[")):
+        return "JSON"
+    if head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return "text"
+    return None
+
+
+def _label(kind: str | None) -> str:
+    return _LABEL.get(kind or "", "image")
+
+
+def _unidentified(kind: str | None, head: bytes, f, jpeg_named: bool) -> str:
+    """Why Pillow did not recognise the file, in words."""
+    if kind == "jpeg":
+        return _jpeg_header_problem(f)
+    if kind is None:
+        return "not an image (unrecognised content)"
+    if kind not in _IMAGE_KINDS:
+        if kind in _NOT_IMAGES or kind.endswith("video"):
+            return f"not an image (looks like {kind})"
+        return f"not a JPEG (looks like {kind}, which is not supported)" if jpeg_named else f"unsupported format ({kind})"
+    return f"corrupt {_label(kind)} header"
+
+
+def _jpeg_header_problem(f) -> str:
+    """Walk the JPEG markers up to the frame header to say why Pillow refused it."""
+    try:
+        f.seek(0)
+        data = f.read(1 << 20)
+    except OSError as err:
+        return f"read error: {os.strerror(err.errno) if err.errno else err}"
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return "corrupt JPEG header"
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                return "truncated JPEG (frame header cut short)"
+            precision = data[pos + 4]
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            if marker in (0xC3, 0xC7, 0xCB, 0xCF):
+                return "unsupported JPEG (lossless)"
+            if precision != 8:
+                return f"unsupported JPEG ({precision}-bit precision)"
+            if marker in (0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF):
+                return "unsupported JPEG (hierarchical)"
+            if height == 0 or width == 0:
+                return f"corrupt JPEG header (declares {width}×{height} pixels)"
+            return "corrupt JPEG header"
+        if marker == 0xDA or marker == 0xD9:
+            return "corrupt JPEG (image data before any frame header)"
+        pos += 2 + length
+    return "truncated JPEG (no frame header)"
+
+
+def _reason(err: BaseException, kind: str | None, f) -> str:
+    """A short human reason for what Pillow raised while opening or decoding."""
+    label = _label(kind)
+    text = str(err)
+    if isinstance(err, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"image too large: {text}"
+    if isinstance(err, OSError) and err.errno is not None:
+        return f"read error: {os.strerror(err.errno)}"
+    lowered = text.lower()
+    if "truncated" in lowered:
+        if kind == "jpeg" and "file read" in lowered:
+            return "truncated JPEG (no frame header)"
+        return f"truncated {label}"
+    if "broken data stream" in lowered:
+        if kind == "jpeg" and not _ends_with_eoi(f):
+            return "corrupt or truncated JPEG data (no end marker)"
+        return f"corrupt {label} data"
+    if "cannot load this image" in lowered:
+        return f"truncated {label} (headers only, no image data)" if kind == "jpeg" else f"corrupt {label} data"
+    if isinstance(err, SyntaxError):
+        return f"corrupt {label} ({text})" if text else f"corrupt {label}"
+    return f"unreadable {label} ({type(err).__name__}: {text})" if text else f"unreadable {label} ({type(err).__name__})"
+
+
+def _ends_with_eoi(f) -> bool:
+    try:
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
+def _exif(im: Image.Image) -> Image.Exif | None:
+    try:
+        exif = im.getexif()
+        exif.get_ifd(GPS_IFD)  # parse the sub-IFDs now: a corrupt one must not fail the save later
+        exif.get_ifd(0x8769)
+        return exif
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block can raise nearly anything; it is optional
+        return None
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    if exif is None:
+        return 1
+    value = exif.get(ORIENTATION, 1)
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _working_mode(im: Image.Image) -> Image.Image:
+    """The decoded image in a mode we resample: L, LA, RGB, RGBA or CMYK (upright colours)."""
+    mode = im.mode
+    if mode == "CMYK":
+        if im.format in ("JPEG", "MPO") and "adobe" not in im.info:
+            # Pillow reads every CMYK JPEG as Adobe-inverted; without an Adobe APP14 segment the
+            # values are plain, so undo its inversion.
+            from PIL import ImageChops
+
+            return ImageChops.invert(im)
+        return im
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return im
+    if mode in ("1",):
+        return im.convert("L")
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    if mode.startswith("I"):
+        return im.convert("I").point(lambda v: v / 256).convert("L")  # 16-bit gray: scale, don't clip
+    if mode == "F":
+        return im.point(lambda v: v * 255).convert("L")
+    if mode in ("La", "RGBa"):
+        return im.convert(mode.upper())
+    return im.convert("RGBA" if "A" in mode else "RGB")
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    comment: bytes | None = None
+    icc: bytes | None = None
+
+
+def _metadata(exif: Image.Exif | None, info: dict, policy: str, icc: bytes | None) -> _Metadata:
+    """What travels into the thumbnail: nothing by default; GPS only with 'all'."""
+    if policy == "none" or exif is None and policy == "exif-no-gps":
+        return _Metadata(icc=icc or None)
+    raw_exif = None
+    if exif is not None and len(exif):
+        if policy == "exif-no-gps":
+            exif.pop(GPS_IFD, None)
+        if ORIENTATION in exif:
+            exif[ORIENTATION] = 1  # the pixels are upright now
+        try:
+            raw_exif = exif.tobytes()
+        except Exception:  # noqa: BLE001 - Pillow cannot re-serialise some odd EXIF: drop it, keep the photo
+            raw_exif = None
+    if policy == "exif-no-gps":
+        return _Metadata(exif=raw_exif, icc=icc or None)
+    xmp = info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if xmp:
+        xmp = _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
+    comment = info.get("comment")
+    if isinstance(comment, str):
+        comment = comment.encode("utf-8")
+    return _Metadata(exif=raw_exif, xmp=xmp or None, comment=comment or None, icc=icc or None)
+
+
+def _save_params(thumb: Image.Image, spec: SizeSpec, output: OutputConfig, meta: _Metadata,
+                 fd_info: PngImagePlugin.PngInfo | None) -> tuple[Image.Image, dict]:
+    fmt = spec.format
+    params: dict = {}
+    if fmt == "jpeg":
+        thumb = colour.flatten(thumb, output.background)
+        params = {"quality": spec.quality, "optimize": False, "progressive": output.progressive}
+        if thumb.mode == "RGB":
+            params["subsampling"] = output.subsampling
+        # a JPEG segment holds 64 KB: an oversized block is dropped rather than failing the photo
+        if meta.comment and len(meta.comment) <= _JPEG_SEGMENT:
+            params["comment"] = meta.comment
+        if meta.xmp and len(meta.xmp) <= _JPEG_SEGMENT - 29:
+            params["xmp"] = meta.xmp
+        if meta.exif and len(meta.exif) > _JPEG_SEGMENT - 6:
+            meta = _Metadata(icc=meta.icc)
+    elif fmt == "webp":
+        params = {"quality": spec.quality, "lossless": output.lossless}
+        if thumb.mode not in ("RGB", "RGBA"):
+            thumb = thumb.convert("RGBA" if thumb.mode == "LA" else "RGB")
+        if meta.xmp:
+            params["xmp"] = meta.xmp
+    else:
+        pnginfo = fd_info or PngImagePlugin.PngInfo()
+        if meta.xmp:
+            pnginfo.add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8", "replace"))
+        params = {"pnginfo": pnginfo}
+    if meta.exif:
+        params["exif"] = meta.exif
+    if meta.icc:
+        params["icc_profile"] = meta.icc
+    return thumb, params
+
+
+def _write(thumb: Image.Image, target: Target, output: OutputConfig, st: os.stat_result, meta: _Metadata,
+           fd_info: PngImagePlugin.PngInfo | None) -> None:
+    thumb, params = _save_params(thumb, target.size, output, meta, fd_info)
+    private = output.style == "freedesktop"
+    temp = temp_path_for(target.path)
+    folder = os.path.dirname(target.path)
+    created = False
+    try:
+        if private:
+            freedesktop.ensure_dir(folder)
+        else:
+            os.makedirs(folder, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600 if private else 0o666)
+        created = True
+        with os.fdopen(fd, "wb") as out:
+            thumb.save(out, format=target.size.format.upper(), **params)
         os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(temp, target.path)
     except OSError as err:
+        _discard(temp, created)
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise OutputError(f"cannot write {target.path}: {reason}", err.errno) from None
+    except BaseException:
+        _discard(temp, created)
+        raise
+
+
+def _discard(temp: str, created: bool) -> None:
+    if created:
         try:
             os.unlink(temp)
         except OSError:
             pass
-        reason = os.strerror(err.errno) if err.errno else str(err)
-        raise OutputError(f"cannot write {target.path}: {reason}", err.errno) from None
-
