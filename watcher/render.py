@@ -145,62 +145,72 @@ def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings
         raise RenderError("empty file (0 bytes)")
     head = _read_head(f)
     kind = _sniff(head)
+    if kind == "jpeg":
+        _check_jpeg_frame(f, settings.max_pixels)
     jpeg_named = os.path.splitext(src)[1].lower() in JPEG_EXTS
     formats = _formats_for(kind, jpeg_named)
-    output = settings.output
     try:
         im = Image.open(f, formats=formats)
     except UnidentifiedImageError:
-        raise RenderError(_unidentified(kind, head, f, jpeg_named)) from None
+        raise RenderError(_unidentified(kind, f, jpeg_named)) from None
     except _PHOTO_ERRORS as err:
         raise RenderError(_reason(err, kind, f)) from None
-    with im:
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise RenderError(f"corrupt {_label(kind)} header (size {w}×{h})")
-        if w * h > settings.max_pixels:
-            raise RenderError(f"image too large: {w}×{h} exceeds max_pixels ({settings.max_pixels})")
-        exif = _exif(im)
-        orientation = _orientation(exif)
-        swap = orientation in (5, 6, 7, 8)
-        upright = (h, w) if swap else (w, h)
-        plans = sorted((_plan(t, upright) for t in targets), key=lambda p: p.scaled[0] * p.scaled[1], reverse=True)
-        biggest = plans[0].scaled if plans else (1, 1)
-        box = None
-        if im.format in ("JPEG", "MPO"):
-            drafted = im.draft(im.mode, (biggest[1], biggest[0]) if swap else biggest)
-            if drafted is not None:
-                box = drafted[1]
-        try:
-            im.load()
-            work = _working_mode(im)
-        except _PHOTO_ERRORS as err:
-            raise RenderError(_reason(err, kind, f)) from None
-        info = dict(im.info)
-        mimetype = MIME.get(im.format or "", "application/octet-stream")
-    profile = info.get("icc_profile") or None
+    try:
+        return _thumbnails(im, kind, f, src, st, targets, settings)
+    finally:
+        im.close()
+
+
+def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_result, targets: Sequence[Target],
+                settings: RenderSettings) -> RenderResult:
+    output = settings.output
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise RenderError(f"corrupt {_label(kind)} header (declares {w}×{h} pixels)")
+    if w * h > settings.max_pixels:
+        raise RenderError(f"image too large: {w}×{h} exceeds max_pixels ({settings.max_pixels})")
+    exif = _exif(im)
+    orientation = _orientation(exif)
+    swap = orientation in (5, 6, 7, 8)
+    upright = (h, w) if swap else (w, h)
+    plans = sorted((_plan(t, upright) for t in targets), key=lambda p: p.scaled[0] * p.scaled[1], reverse=True)
+    box = None
+    if plans and im.format in ("JPEG", "MPO"):
+        # libjpeg's DCT scaling: the smallest of 1/8, 1/4, 1/2 that still covers the biggest size
+        biggest = plans[0].scaled
+        drafted = im.draft(im.mode, (biggest[1], biggest[0]) if swap else biggest)
+        if drafted is not None:
+            box = drafted[1]
+    try:
+        im.load()
+        work = _working_mode(im)
+    except _PHOTO_ERRORS as err:
+        raise RenderError(_reason(err, kind, f)) from None
+    profile = im.info.get("icc_profile") or None
     keep_profile = output.color == "keep" and profile is not None and work.mode != "CMYK" and colour.fits(profile, work.mode)
-    metadata = _metadata(exif, info, output.metadata, keep_profile and profile)
+    metadata = _metadata(exif, im.info, output.metadata, profile if keep_profile else None)
     fd_info = None
     if output.style == "freedesktop":
-        fd_info = freedesktop.text_chunks(src, st, mimetype, upright)
+        fd_info = freedesktop.text_chunks(src, st, MIME.get(im.format or "", "application/octet-stream"), upright)
 
-    made: list[tuple[tuple[int, int], Image.Image]] = []  # colour-converted, stored orientation
+    made: list[Image.Image] = []  # colour-converted, still in stored orientation, largest first
     outputs = []
     for plan in plans:
         size = (plan.scaled[1], plan.scaled[0]) if swap else plan.scaled
-        source, src_box = work, box
-        for have_size, have in made:  # the smallest one made so far that covers this size
-            if have_size[0] >= size[0] and have_size[1] >= size[1] and (source is work or have.width < source.width):
-                source, src_box = have, None
+        # resample from the smallest image made so far that covers this size, else the decoded one
+        covering = [m for m in made if m.width >= size[0] and m.height >= size[1]]
+        source = covering[-1] if covering else work
+        src_box = box if source is work else None
         scaled = source if source.size == size and src_box is None else source.resize(
             size, Image.Resampling.LANCZOS, box=src_box, reducing_gap=REDUCING_GAP)
         if source is work:
             scaled = scaled if keep_profile else colour.to_srgb(scaled, profile)
             if scaled.mode == "CMYK":
                 scaled = scaled.convert("RGB")
+            if scaled is work:
+                scaled = work.copy()  # never hand the decoded image (and its info) to the writer
         if not plan.upscaled:
-            made.append((size, scaled))
+            made.append(scaled)
         thumb = scaled.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else scaled
         if plan.box is not None:
             thumb = thumb.crop(plan.box)
@@ -342,7 +352,7 @@ def _label(kind: str | None) -> str:
     return _LABEL.get(kind or "", "image")
 
 
-def _unidentified(kind: str | None, head: bytes, f, jpeg_named: bool) -> str:
+def _unidentified(kind: str | None, f, jpeg_named: bool) -> str:
     """Why Pillow did not recognise the file, in words."""
     if kind == "jpeg":
         return _jpeg_header_problem(f)
@@ -355,40 +365,64 @@ def _unidentified(kind: str | None, head: bytes, f, jpeg_named: bool) -> str:
     return f"corrupt {_label(kind)} header"
 
 
-def _jpeg_header_problem(f) -> str:
-    """Walk the JPEG markers up to the frame header to say why Pillow refused it."""
+def _jpeg_frame(f) -> tuple[int, int, int, int] | str:
+    """Walk the JPEG markers (seeking over segments) to the frame header: (marker, precision,
+    width, height), or why there is none."""
     try:
-        f.seek(0)
-        data = f.read(1 << 20)
+        f.seek(2)
+        while True:
+            prefix = f.read(4)
+            while prefix[:1] == b"\xff" and prefix[1:2] == b"\xff":  # fill bytes
+                prefix = prefix[1:] + f.read(1)
+            if len(prefix) < 4:
+                return "truncated JPEG (no frame header)"
+            if prefix[0] != 0xFF:
+                return "corrupt JPEG header"
+            marker, length = prefix[1], int.from_bytes(prefix[2:4], "big")
+            if marker in (0xDA, 0xD9):
+                return "corrupt JPEG (image data before any frame header)"
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                frame = f.read(5)
+                if len(frame) < 5:
+                    return "truncated JPEG (frame header cut short)"
+                height, width = struct.unpack(">HH", frame[1:5])
+                return marker, frame[0], width, height
+            if length < 2:
+                return "corrupt JPEG header"
+            f.seek(length - 2, os.SEEK_CUR)
     except OSError as err:
         return f"read error: {os.strerror(err.errno) if err.errno else err}"
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return "corrupt JPEG header"
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > len(data):
-                return "truncated JPEG (frame header cut short)"
-            precision = data[pos + 4]
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            if marker in (0xC3, 0xC7, 0xCB, 0xCF):
-                return "unsupported JPEG (lossless)"
-            if precision != 8:
-                return f"unsupported JPEG ({precision}-bit precision)"
-            if marker in (0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF):
-                return "unsupported JPEG (hierarchical)"
-            if height == 0 or width == 0:
-                return f"corrupt JPEG header (declares {width}×{height} pixels)"
-            return "corrupt JPEG header"
-        if marker == 0xDA or marker == 0xD9:
-            return "corrupt JPEG (image data before any frame header)"
-        pos += 2 + length
-    return "truncated JPEG (no frame header)"
+    finally:
+        try:
+            f.seek(0)
+        except OSError:
+            pass
+
+
+def _check_jpeg_frame(f, max_pixels: int) -> None:
+    """Refuse an over-limit JPEG from its frame header, before Pillow sees it."""
+    frame = _jpeg_frame(f)
+    if isinstance(frame, tuple):
+        _marker, _precision, width, height = frame
+        if width * height > max_pixels:
+            raise RenderError(f"image too large: {width}×{height} exceeds max_pixels ({max_pixels})")
+
+
+def _jpeg_header_problem(f) -> str:
+    """Why Pillow refused a file that starts like a JPEG."""
+    frame = _jpeg_frame(f)
+    if isinstance(frame, str):
+        return frame
+    marker, precision, width, height = frame
+    if marker in (0xC3, 0xC7, 0xCB, 0xCF):
+        return "unsupported JPEG (lossless)"
+    if precision != 8:
+        return f"unsupported JPEG ({precision}-bit precision)"
+    if marker in (0xC5, 0xC6, 0xCD, 0xCE):
+        return "unsupported JPEG (hierarchical)"
+    if height == 0 or width == 0:
+        return f"corrupt JPEG header (declares {width}×{height} pixels)"
+    return "corrupt JPEG header"
 
 
 def _reason(err: BaseException, kind: str | None, f) -> str:
@@ -512,6 +546,7 @@ def _save_params(thumb: Image.Image, spec: SizeSpec, output: OutputConfig, meta:
                  fd_info: PngImagePlugin.PngInfo | None) -> tuple[Image.Image, dict]:
     fmt = spec.format
     params: dict = {}
+    thumb.info = {}  # Pillow falls back to im.info for icc_profile, comment, exif...: only what we pass
     if fmt == "jpeg":
         thumb = colour.flatten(thumb, output.background)
         params = {"quality": spec.quality, "optimize": False, "progressive": output.progressive}
