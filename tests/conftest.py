@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +55,16 @@ def start_daemon(project: Path):
     leftovers = []
     for daemon in started:
         if daemon.proc.poll() is None:
-            leftovers.append(f"daemon pid {daemon.proc.pid} still running")
+            daemon.signal(signal.SIGTERM)
+            try:
+                code = daemon.proc.wait(30)
+                if code != 0:
+                    leftovers.append(f"daemon pid {daemon.proc.pid} exited {code} on SIGTERM")
+            except subprocess.TimeoutExpired:
+                leftovers.append(f"daemon pid {daemon.proc.pid} ignored SIGTERM for 30 s")
+        deadline = time.monotonic() + 5  # helpers like the resource tracker leave just after
+        while daemon.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
         children = daemon.children()
         if children:
             leftovers.append(f"processes {children} of daemon {daemon.proc.pid} outlived it")

@@ -24,9 +24,9 @@ _TO_STORED = {
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
+    6: Image.Transpose.ROTATE_270,
     7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -154,6 +154,8 @@ class Daemon:
             wait_for(lambda: enough() or self.proc.poll() is not None, timeout, message=f"log line /{pattern}/ x{count}")
         except AssertionError:
             raise AssertionError(f"no log line /{pattern}/ x{count} within {timeout}s; log so far:\n{self.text()}") from None
+        if self.proc.poll() is not None:
+            self._reader.join(5)  # the process is gone: read what it wrote last
         found = self.matching(pattern)
         if len(found) < count:
             raise AssertionError(f"daemon exited (code {self.proc.returncode}) before /{pattern}/ x{count}; log:\n{self.text()}")

@@ -434,7 +434,7 @@ def _parse_log(s: _Section, base_dir: Path) -> LogConfig:
         file=_resolve(base_dir, raw_file) if raw_file else None,
         format=s.choice("format", "text", LOG_FORMATS),
         photos=s.choice("photos", "info", LOG_LEVELS[:2]),
-        progress_interval=s.number("progress_interval", 10.0, low=0.0),
+        progress_interval=s.number("progress_interval", 10.0, low=0.0, allow_zero=True),
     )
     s.close()
     return log
