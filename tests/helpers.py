@@ -108,7 +108,7 @@ def write_config(path: Path, text: str) -> Path:
 class Daemon:
     """`python -m watcher run` as a subprocess in its own session, with its log captured line by line."""
 
-    def __init__(self, config: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run"):
+    def __init__(self, config: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run", launcher: tuple[str, ...] = ("-m", "watcher")):
         self.config = config
         full_env = dict(os.environ)
         full_env.pop("JOURNAL_STREAM", None)
@@ -117,7 +117,7 @@ class Daemon:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", command, "--config", str(config), *args],
+            [sys.executable, *launcher, command, "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -160,6 +160,12 @@ class Daemon:
         if len(found) < count:
             raise AssertionError(f"daemon exited (code {self.proc.returncode}) before /{pattern}/ x{count}; log:\n{self.text()}")
         return found
+
+    def status(self) -> dict:
+        """The daemon's status file (state dir 'state' next to the config, as the tests set it)."""
+        import json
+
+        return json.loads((self.config.parent / "state" / "status.json").read_text())
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_log(r"\bready\b", timeout)

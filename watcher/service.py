@@ -61,6 +61,7 @@ class OutputBlock:
     """Thumbnails cannot be written (disk full, folder unwritable): hold work, probe with back-off."""
 
     reason: str
+    errno: int | None
     delay: float = 1.0
     next_try: float = 0.0
     probing: bool = False
@@ -180,6 +181,7 @@ class Service:
             self.pool.replace_missing()
 
     def _start_observers(self) -> None:
+        _OverflowWatch.install(lambda: self.notice(("overflow", "")))
         mode = self.config.watch.observer
         if mode != "polling":
             self.inotify = InotifyObserver(generate_full_events=True)
@@ -246,7 +248,12 @@ class Service:
 
     def step(self, timeout: float | None = None) -> None:
         if timeout is None:
-            timeout = 0.25 if (self.settling or self.pool.busy() or self.output_block) else 1.0
+            timeout = 0.25 if (self.settling or self.output_block) else 1.0
+            busy = self.pool.busy()
+            if busy:
+                # wake exactly when the oldest photo in hand runs out of time
+                first_deadline = min(w.started for w in busy) + self.config.limits.photo_timeout
+                timeout = max(0.0, min(timeout, first_deadline - time.monotonic()))
         ready = wait(self.pool.waitables() + [self.wake_r], timeout)
         if self.wake_r in ready:
             self._drain_wake_pipe()
@@ -312,6 +319,10 @@ class Service:
         if self.failures.known(path, st):
             logger.debug("skipped (failed before, unchanged): %s", shown(path))
             return None
+        if st.st_size == 0 and time.time() - st.st_mtime < self.config.watch.settle_seconds + 1:
+            # Samba and some uploaders create an empty file, close it, then write: wait and see.
+            self.notice(("settle", path))
+            return None
         if not needs_render(self.rules, path, st):
             logger.debug("skipped (thumbnails up to date): %s", shown(path))
             self.stats.skipped += 1
@@ -374,7 +385,7 @@ class Service:
             else:
                 self._fail(job.path, self._stat(job.path), payload)
         elif kind == "output-error":
-            self._output_blocked(job, payload[0])
+            self._output_blocked(job, *payload)
         elif kind == "bug":
             logger.error("bug while rendering %s (please report it):\n%s", shown(job.path), payload.rstrip())
             self._fail(job.path, self._stat(job.path), "internal error (see the log)", log=False)
@@ -445,19 +456,21 @@ class Service:
                 self._fail(job.path, self._stat(job.path), f"timed out after {limit:g} s")
                 logger.info("killed worker pid=%s for its photo's time limit; starting a new one", worker.pid)
 
-    def _output_blocked(self, job: Job, reason: str) -> None:
+    def _output_blocked(self, job: Job, reason: str, err_no: int | None) -> None:
+        """One error line per condition (by errno), not one per photo: hold work, probe with back-off."""
         self.retry.appendleft(job)
         block = self.output_block
         if block is None:
-            self.output_block = OutputBlock(reason, next_try=time.monotonic() + 1.0)
+            self.output_block = OutputBlock(reason, err_no, next_try=time.monotonic() + 1.0)
             logger.error("cannot write thumbnails: %s; holding photos and retrying with back-off", reason)
             return
-        block.probing = False
-        block.delay = min(block.delay * 2, OUTPUT_BACKOFF_MAX)
-        block.next_try = time.monotonic() + block.delay
-        if reason != block.reason:
-            logger.error("still cannot write thumbnails: %s", reason)
-            block.reason = reason
+        if block.probing:
+            block.probing = False
+            block.delay = min(block.delay * 2, OUTPUT_BACKOFF_MAX)
+            block.next_try = time.monotonic() + block.delay
+        if err_no != block.errno:
+            logger.error("cannot write thumbnails, now for another reason: %s", reason)
+            block.reason, block.errno = reason, err_no
 
     def _output_ok(self) -> None:
         if self.output_block is not None:
@@ -480,6 +493,9 @@ class Service:
                 self._photo_deleted(path)
             elif kind == "dir-gone":
                 self._check_roots()
+            elif kind == "overflow" and self.scanner is not None:
+                logger.warning("the kernel's inotify queue overflowed and events were lost; rescanning the watched folders")
+                self.scanner.request("overflow rescan", self.rules.roots, self.rules)
 
     def _photo_deleted(self, path: str) -> None:
         self.jobs.discard(path)
@@ -754,6 +770,30 @@ class Service:
                     observer.join(5)
                 except Exception:
                     logger.exception("stopping the observer failed")
+
+
+class _OverflowWatch(logging.Handler):
+    """watchdog reports an inotify queue overflow (IN_Q_OVERFLOW) only as a log warning; this
+    turns that warning into a rescan, so no photo is lost when the kernel drops events."""
+
+    _installed: "_OverflowWatch | None" = None
+
+    def __init__(self, callback):
+        super().__init__(logging.WARNING)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.callback()
+
+    @classmethod
+    def install(cls, callback) -> None:
+        source = logging.getLogger("watchdog.observers.inotify_c")
+        if cls._installed is not None:
+            source.removeHandler(cls._installed)
+        cls._installed = cls(callback)
+        source.addHandler(cls._installed)
+        source.setLevel(logging.WARNING)  # even if "watchdog" as a whole is turned down
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
