@@ -148,6 +148,10 @@ class Service:
             logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
         self.failures.load()
+        if cfg.metrics.port is not None:
+            from . import metrics
+
+            metrics.start(cfg.metrics, lambda: self.status("running"))
         for root in cfg.watch.paths:
             if cfg.watch.create:
                 root.mkdir(parents=True, exist_ok=True)
