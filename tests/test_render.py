@@ -5,7 +5,7 @@ Real Pillow on generated images; every output is opened again and checked.
 
 from __future__ import annotations
 
-import io
+import math
 import os
 import stat
 from dataclasses import replace
@@ -90,10 +90,14 @@ def test_never_upscales_unless_asked(tmp_path):
 def test_several_sizes_come_out_of_one_decode_and_match_a_single_render(tmp_path):
     src = tmp_path / "p.jpg"
     camera_like(1600, 1200).save(src, quality=90)
-    big, mid, small = run(src, tmp_path / "three", size("l", 1024, 1024), size("m", 512, 512), size("s", 256, 256))
+    png = dict(format="png")  # lossless, so only the resampling differs
+    big, mid, small = run(src, tmp_path / "three", size("l", 1024, 1024, **png), size("m", 512, 512, **png), size("s", 256, 256, **png))
     assert (big.size, mid.size, small.size) == ((1024, 768), (512, 384), (256, 192))
-    (alone,) = run(src, tmp_path / "one", size("s", 256, 256))
+    (alone,) = run(src, tmp_path / "one", size("s", 256, 256, **png))
     assert mean_diff(small, alone) < 2.0
+    with Image.open(src) as im:
+        reference = im.resize((256, 192), Image.Resampling.LANCZOS)
+    assert mean_diff(small, reference) < 2.5
 
 
 def test_dct_scaled_decode_stays_close_to_a_full_lanczos_resample(tmp_path):
@@ -107,16 +111,20 @@ def test_dct_scaled_decode_stays_close_to_a_full_lanczos_resample(tmp_path):
     assert ImageStat.Stat(thumb).stddev[0] > 0.97 * ImageStat.Stat(reference).stddev[0]  # not blurred
 
 
-def test_fine_stripes_average_out_instead_of_aliasing(tmp_path):
-    stripes = Image.new("L", (2000, 1500), 0)
-    for x in range(0, 2000, 2):
-        stripes.paste(255, (x, 0, x + 1, 1500))
-    src = tmp_path / "stripes.jpg"
-    stripes.save(src, quality=95, subsampling=0)
-    (thumb,) = run(src, tmp_path / "out", size(width=256, height=256))
-    stat_ = ImageStat.Stat(thumb)
-    assert stat_.mean[0] == pytest.approx(128, abs=12)
-    assert stat_.stddev[0] < 8  # moiré would show as bands far from the mean
+def test_detail_finer_than_every_size_averages_out_instead_of_aliasing(tmp_path):
+    # a grating of period 3.3 px on a 12 MP photo is beyond the resolution of all three sizes:
+    # each must come out flat grey, not as moiré bands (measured stddev 0.3-4.2; a box or
+    # Hamming resample for the 1024 size gives 14+)
+    width, height = 4000, 3000
+    row = bytes(int(127.5 + 127.5 * math.cos(2 * math.pi * x / 3.3)) for x in range(width))
+    src = tmp_path / "grating.jpg"
+    Image.frombytes("L", (width, 1), row).resize((width, height), Image.Resampling.NEAREST).save(src, quality=95)
+    png = dict(format="png")
+    outputs = run(src, tmp_path / "out", size("l", 1024, 1024, **png), size("m", 512, 512, **png), size("s", 256, 256, **png))
+    for thumb in outputs:
+        stat_ = ImageStat.Stat(thumb)
+        assert stat_.mean[0] == pytest.approx(127.5, abs=6), thumb.size
+        assert stat_.stddev[0] < 6, (thumb.size, stat_.stddev[0])
 
 
 # --- orientation -----------------------------------------------------------------------
@@ -173,7 +181,7 @@ def test_png_output(tmp_path):
 def test_alpha_is_flattened_on_the_background_for_jpeg_and_kept_for_png(tmp_path):
     src = alpha_png(tmp_path / "a.png")
     white, png, webp = run(src, tmp_path / "a", size("j", 40, 40), size("p", 40, 40, format="png"), size("w", 40, 40, format="webp"))
-    assert white.mode == "RGB" and corner_colour(white, "tl") == pytest.approx((255, 255, 255), abs=3)
+    assert white.mode == "RGB" and corner_colour(white, "tl") == pytest.approx((255, 255, 255), abs=8)
     assert is_red(white.getpixel((20, 15)))
     assert png.mode == "RGBA" and png.getpixel((0, 0))[3] == 0 and is_red(png.getpixel((20, 15))[:3])
     assert webp.mode == "RGBA" and webp.getpixel((0, 0))[3] == 0
