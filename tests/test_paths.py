@@ -92,3 +92,11 @@ def test_shown_keeps_one_line_per_path():
     assert shown("a\nb.jpg") == "a\\nb.jpg"
     assert shown("caf\udce9.jpg") == "caf\\udce9.jpg"
     assert shown("café.jpg") == "café.jpg"
+
+
+@pytest.mark.parametrize("name", ["..jpg.jpg", "...jpg", "a\\..\\..\\b.jpg", "%2e%2e%2fx.jpg", "-rf.jpg", "\udcff\udcfe.jpg", "x\ny.jpg"])
+def test_no_photo_name_maps_outside_the_output_tree(tmp_path, name):
+    r = rules(tmp_path, {"watch": {"paths": ["photos"]}, "output": {"sizes": [
+        {"name": "a", "width": 9, "height": 9}, {"name": "b", "width": 9, "height": 9, "template": "{dir}/{size}-{stem}{ext}"}]}})
+    for target in r.targets(str(tmp_path / "photos" / "sub" / name)):
+        assert Path(target.path).resolve().is_relative_to((tmp_path / "photos" / "thumbs").resolve()), target.path
