@@ -442,3 +442,30 @@ def test_settings_are_picklable_for_the_worker_pool(tmp_path):
     settings = RenderSettings(OutputConfig(sizes=(size(),)), 1000)
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert replace(settings, max_pixels=5).max_pixels == 5
+
+
+def test_running_out_of_memory_is_a_clean_failure(tmp_path):
+    # a worker under a memory cap (RLIMIT_AS, as the pool sets it) decoding a 144 MB image
+    import subprocess
+    import sys
+
+    src = tmp_path / "big.png"
+    Image.new("RGB", (6000, 6000), (10, 200, 30)).save(src, compress_level=1)
+    code = f"""
+import resource, sys
+sys.path[:0] = {[str(Path(__file__).parent.parent)]!r}
+from watcher.config import OutputConfig, SizeSpec
+from watcher.paths import Target
+from watcher.render import RenderError, RenderSettings, render
+size = SizeSpec("s", 64, 64)
+settings = RenderSettings(OutputConfig(sizes=(size,)), 10**9)
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 60 * 2**20, vm + 60 * 2**20))
+try:
+    render({str(src)!r}, [Target(size, {str(tmp_path / "t.jpg")!r})], settings)
+except RenderError as err:
+    print("RenderError:", err)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "RenderError: out of memory decoding 6000×6000 pixels (see limits.worker_memory_mb)", done

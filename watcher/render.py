@@ -189,6 +189,8 @@ def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_resu
     try:
         im.load()
         work = _working_mode(im)
+    except MemoryError:
+        raise RenderError(f"out of memory decoding {w}×{h} pixels (see limits.worker_memory_mb)") from None
     except _PHOTO_ERRORS as err:
         raise RenderError(_reason(err, kind, f)) from None
     profile = im.info.get("icc_profile") or None
