@@ -2,9 +2,9 @@
 
 The cost of a thumbnail is decoding the photo, so a JPEG is decoded once, with libjpeg's DCT
 scaling at the smallest 1/2, 1/4 or 1/8 scale that still covers the largest size; every size is
-then resampled (integer reduce, then Lanczos) from the smallest image already made that covers
-it, largest size first. Orientation, colour conversion and cropping are done on the small
-images, where they are cheap.
+then resampled from the smallest image already made that covers it, largest size first
+(see _resample for the filters). Orientation, colour conversion and cropping are done on the
+small images, where they are cheap.
 
 Each output is written to a hidden temp name in its final folder, stamped with the photo's
 mtime (which is how a later stat-only scan knows it is up to date), then renamed into place.
@@ -35,9 +35,9 @@ REDUCING_GAP = 3.0
 # 1-2% less contrast in fine detail, little moiré; Hamming, as fast, aliased far more on
 # gratings). See _resample.
 CHEAP_ABOVE = 600_000
-# JPEG's opener also yields MPO (it may not be named in formats=)
+# What we decode (JPEG's opener also yields MPO, which may not be named in formats=); AVIF is
+# added when Pillow has it, HEIF when pillow-heif is installed.
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
-OPTIONAL_FORMATS = ("AVIF", "HEIF")
 ORIENTATION = 0x0112
 GPS_IFD = 0x8825
 # EXIF orientation -> the transpose that makes the stored pixels upright.
