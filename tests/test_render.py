@@ -302,12 +302,14 @@ def test_exif_no_gps_keeps_exif_without_position_and_resets_orientation(tmp_path
 
 def test_all_keeps_gps_xmp_and_comment(tmp_path):
     src = camera_jpeg(tmp_path / "p.jpg")
-    (thumb,) = run(src, tmp_path / "out", size("j"), metadata="all")
-    exif = thumb.getexif()
-    assert exif.get(0x0112) == 1 and exif.get_ifd(0x8825).get(1) == "N"
-    assert thumb.info.get("comment") == b"holiday"
-    assert b'tiff:Orientation="1"' in thumb.info["xmp"]
-    assert is_red(corner_colour(thumb, "tl"))
+    jpeg, png, webp = run(src, tmp_path / "out", size("j"), size("p", format="png"), size("w", format="webp"), metadata="all")
+    for thumb in (jpeg, png, webp):
+        exif = thumb.getexif()
+        assert exif.get(0x0112) == 1 and exif.get_ifd(0x8825).get(1) == "N", thumb.format
+        xmp = thumb.info["xmp"]
+        assert b'tiff:Orientation="1"' in (xmp if isinstance(xmp, bytes) else xmp.encode())
+        assert is_red(corner_colour(thumb, "tl"))
+    assert jpeg.info.get("comment") == b"holiday"
 
 
 # --- bad input and failures ------------------------------------------------------------
