@@ -476,7 +476,7 @@ def _reason(err: BaseException, kind: str | None, f) -> str:
         return f"truncated {label} (headers only, no image data)" if kind == "jpeg" else f"corrupt {label} data"
     if isinstance(err, SyntaxError):
         return f"corrupt {label} ({text})" if text else f"corrupt {label}"
-    return f"unreadable {label} ({type(err).__name__}: {text})" if text else f"unreadable {label} ({type(err).__name__})"
+    return f"unreadable {label} ({text})" if text else f"unreadable {label} ({type(err).__name__})"
 
 
 def _ends_with_eoi(f) -> bool:
