@@ -1,0 +1,125 @@
+"""Logging for the way people read it: journald, a terminal, a rotated file, or JSON lines.
+
+configure() may be called again on reload: it replaces our handler instead of stacking one
+more. Worker processes never write logs themselves; ForwardingHandler ships each record to the
+master over the worker's pipe and handle_forwarded() writes it there, so lines never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import LogConfig
+
+# syslog priorities, which journald reads from a "<N>" line prefix
+PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+QUIET = {"PIL": logging.WARNING, "watchdog": logging.WARNING}
+
+_handler: logging.Handler | None = None
+
+
+def under_journald(stream: Any = None) -> bool:
+    """systemd sets $JOURNAL_STREAM to device:inode of the stream it connected to stderr."""
+    stream = stream or sys.stderr
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class TerminalFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+class JournalFormatter(logging.Formatter):
+    """No timestamp (journald adds its own); every line of a traceback keeps the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+class JsonFormatter(logging.Formatter):
+    STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}" + time.strftime("%z", time.localtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        for key, value in vars(record).items():
+            if key not in self.STANDARD and not key.startswith("_"):
+                data[key] = value
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def configure(log: LogConfig) -> None:
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
+    if log.file is not None:
+        log.file.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(log.file, encoding="utf-8")
+        formatter: logging.Formatter = TerminalFormatter()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        formatter = JournalFormatter() if under_journald() else TerminalFormatter()
+    if log.format == "json":
+        formatter = JsonFormatter()
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(log.level.upper())
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(max(level, root.level))
+    _handler = handler
+
+
+def reopen() -> None:
+    """After logrotate moved the file: open the path again (SIGHUP)."""
+    if isinstance(_handler, logging.handlers.WatchedFileHandler):
+        _handler.reopenIfNeeded()
+
+
+class ForwardingHandler(logging.Handler):
+    """In a worker: turn each record into a small picklable dict and hand it to `send`."""
+
+    def __init__(self, send: Callable[[dict], None]):
+        super().__init__()
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc_text = record.exc_text or (logging.Formatter().formatException(record.exc_info) if record.exc_info else None)
+            self.send({
+                "name": record.name, "levelno": record.levelno, "levelname": record.levelname,
+                "msg": record.getMessage(), "created": record.created, "msecs": record.msecs,
+                "process": record.process, "exc_text": exc_text,
+            })
+        except Exception:
+            self.handleError(record)
+
+
+def handle_forwarded(data: dict) -> None:
+    """In the master: write a worker's record through the master's own handlers."""
+    record = logging.makeLogRecord(data)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
