@@ -204,5 +204,33 @@ class Daemon:
         self._reader.join(5)
 
 
+def edit_config(project: Path, old: str, new: str) -> None:
+    """Change one piece of a test project's config.yaml (failing loudly if it isn't there)."""
+    cfg = project / "config.yaml"
+    text = cfg.read_text()
+    assert old in text, old
+    write_config(cfg, text.replace(old, new, 1))
+
+
+def heavy(project: Path, box: int = 3000) -> None:
+    """Make each photo take a while to render: a large size forces a near-full decode."""
+    edit_config(project, "{name: small, width: 64, height: 64}", f"{{name: small, width: {box}, height: {box}}}")
+
+
+def thumb(project: Path, rel: str) -> Path:
+    return project / "photos" / "thumbs" / rel
+
+
+def stage(folder: Path, names: list[str], width: int, height: int) -> None:
+    """Camera-like photos prepared outside the watched tree, to be moved in as a backlog."""
+    for name in names:
+        make_jpeg(folder / name, width, height)
+
+
+def move_in(folder: Path, names: list[str], project: Path) -> None:
+    for name in names:
+        os.rename(folder / name, project / "photos" / name)
+
+
 def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tw-")]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import corner_colour, is_blue, is_red, jpeg_bytes, make_jpeg, temp_files, wait_for, write_config
+from helpers import corner_colour, edit_config, heavy, is_blue, is_red, jpeg_bytes, make_jpeg, move_in, stage, temp_files, thumb, wait_for
 
 OK = r"\bok \S*{name}\S* -> "
 
@@ -21,8 +21,6 @@ def ok_lines(daemon, name: str) -> list[str]:
     return daemon.matching(OK.format(name=name.replace(".", r"\.")))
 
 
-def thumb(project: Path, rel: str) -> Path:
-    return project / "photos" / "thumbs" / rel
 
 
 def wait_thumb(project: Path, rel: str, timeout: float = 20.0) -> Image.Image:
@@ -162,12 +160,10 @@ def test_sigterm_during_a_burst_drains_cleanly_and_restart_completes(project, st
     heavy(project)
     staging = tmp_path / "staging"
     names = [f"burst{i:03d}.jpg" for i in range(30)]
-    for name in names:
-        make_jpeg(staging / name, 3200, 2400)
+    stage(staging, names, 3200, 2400)
     daemon = start_daemon()
     daemon.wait_ready()
-    for name in names:
-        os.rename(staging / name, project / "photos" / name)
+    move_in(staging, names, project)
     daemon.wait_log(r"\bok \S*burst", count=2)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(30) == 0, daemon.text()
@@ -184,10 +180,6 @@ def test_sigterm_during_a_burst_drains_cleanly_and_restart_completes(project, st
         wait_thumb(project, name, timeout=60)
 
 
-def heavy(project: Path) -> None:
-    """Make each photo take a while: a large size forces a near-full decode."""
-    cfg = project / "config.yaml"
-    write_config(cfg, cfg.read_text().replace("{name: small, width: 64, height: 64}", "{name: small, width: 3000, height: 3000}"))
 
 
 def test_workers_ignore_the_groupwide_signal_and_finish_the_photo_in_hand(project, start_daemon, tmp_path):
@@ -215,7 +207,7 @@ def test_workers_ignore_the_groupwide_signal_and_finish_the_photo_in_hand(projec
 
 def test_second_signal_stops_at_once(project, start_daemon, tmp_path):
     heavy(project)
-    write_config(project / "config.yaml", (project / "config.yaml").read_text().replace("count: 2", "count: 1"))
+    edit_config(project, "count: 2", "count: 1")
     staging = tmp_path / "staging"
     for i in range(10):
         make_jpeg(staging / f"s{i}.jpg", 4000, 3000)
@@ -257,9 +249,8 @@ def test_daemon_outputs_are_never_queued_even_inside_the_tree(project, start_dae
 
 @pytest.mark.parametrize("observer", ["polling"])
 def test_polling_observer_waits_for_files_to_settle(project, start_daemon, observer):
-    cfg = project / "config.yaml"
-    text = cfg.read_text().replace("settle_seconds: 0.3", "settle_seconds: 1.5")
-    write_config(cfg, text.replace("  rescan_interval: 0\n", f"  rescan_interval: 0\n  observer: {observer}\n  poll_interval: 0.2\n"))
+    edit_config(project, "settle_seconds: 0.3", "settle_seconds: 1.5")
+    edit_config(project, "  rescan_interval: 0\n", f"  rescan_interval: 0\n  observer: {observer}\n  poll_interval: 0.2\n")
     daemon = start_daemon()
     daemon.wait_ready()
     data = jpeg_bytes(800, 600)

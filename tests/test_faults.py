@@ -12,22 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REPO, Daemon, corner_colour, is_blue, jpeg_bytes, make_jpeg, temp_files, wait_for, write_config
+from helpers import REPO, Daemon, corner_colour, edit_config, heavy, is_blue, jpeg_bytes, make_jpeg, move_in, stage, temp_files, thumb, wait_for
 
 
-def edit_config(project: Path, old: str, new: str) -> None:
-    cfg = project / "config.yaml"
-    text = cfg.read_text()
-    assert old in text, old
-    write_config(cfg, text.replace(old, new, 1))
 
 
-def heavy(project: Path, box: int = 3000) -> None:
-    edit_config(project, "{name: small, width: 64, height: 64}", f"{{name: small, width: {box}, height: {box}}}")
 
 
-def thumb(project: Path, rel: str) -> Path:
-    return project / "photos" / "thumbs" / rel
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -109,13 +100,11 @@ def test_killed_worker_is_replaced_and_its_photo_retried(project, start_daemon, 
     edit_config(project, "count: 2", "count: 1")
     staging = tmp_path / "staging"
     names = [f"k{i}.jpg" for i in range(6)]
-    for name in names:
-        make_jpeg(staging / name, 4000, 3000)
+    stage(staging, names, 4000, 3000)
     daemon = start_daemon()
     daemon.wait_ready()
     [victim] = daemon.status()["workers"]
-    for name in names:
-        os.rename(staging / name, project / "photos" / name)
+    move_in(staging, names, project)
     daemon.wait_log(r"\bok \S*k\d\.jpg")
     os.kill(victim, signal.SIGKILL)
     line = daemon.wait_log(rf"worker exited pid={victim} killed by SIGKILL")[0]
@@ -258,12 +247,10 @@ def test_full_queue_drops_events_and_a_rescan_finds_them(project, start_daemon, 
     edit_config(project, "count: 2", "count: 2\n  queue_size: 5")
     staging = tmp_path / "staging"
     names = [f"q{i:02d}.jpg" for i in range(60)]
-    for name in names:
-        make_jpeg(staging / name, 800, 600)
+    stage(staging, names, 800, 600)
     daemon = start_daemon()
     daemon.wait_ready()
-    for name in names:
-        os.rename(staging / name, project / "photos" / name)
+    move_in(staging, names, project)
     daemon.wait_log(r"queue was full")
     for name in names:
         wait_for(thumb(project, name).exists, 60, message=name)
@@ -290,12 +277,10 @@ def test_kill_9_mid_burst_then_restart_completes_everything(project, start_daemo
     heavy(project, 2000)
     staging = tmp_path / "staging"
     names = [f"k9_{i:02d}.jpg" for i in range(24)]
-    for name in names:
-        make_jpeg(staging / name, 3200, 2400)
+    stage(staging, names, 3200, 2400)
     daemon = start_daemon()
     daemon.wait_ready()
-    for name in names:
-        os.rename(staging / name, project / "photos" / name)
+    move_in(staging, names, project)
     daemon.wait_log(r"\bok \S*k9_", count=3)
     os.killpg(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait(10)

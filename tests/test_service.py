@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import make_jpeg, wait_for, write_config
+from helpers import edit_config, make_jpeg, thumb, wait_for, write_config
 
 
-def edit_config(project: Path, old: str, new: str) -> None:
-    cfg = project / "config.yaml"
-    text = cfg.read_text()
-    assert old in text, old
-    write_config(cfg, text.replace(old, new, 1))
 
 
-def thumb(project: Path, rel: str) -> Path:
-    return project / "photos" / "thumbs" / rel
 
 
 class NotifySocket:
