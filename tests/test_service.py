@@ -91,7 +91,7 @@ def test_sighup_applies_a_valid_change_and_keeps_the_old_config_on_an_invalid_on
         notify.wait(lambda ms: "RELOADING" in keys(ms) and keys(ms)[keys(ms).index("RELOADING") + 1 :].count("READY") >= 1, message="RELOADING then READY")
         wait_for(lambda: len(daemon.status()["workers"]) == 3, 15, message="pool resized to 3")
         workers = daemon.status()["workers"]
-        assert all(Path(f"/proc/{pid}").exists() for pid in workers)
+        assert all(alive(pid) for pid in workers)
         make_jpeg(project / "more" / "m.jpg")
         wait_for((project / "more" / "thumbs" / "m.jpg").exists, 20, message="new folder watched")
         make_jpeg(project / "photos" / "p.jpg", 400, 300)
@@ -110,7 +110,7 @@ def test_sighup_applies_a_valid_change_and_keeps_the_old_config_on_an_invalid_on
         write_config(project / "config.yaml", good.replace("count: 3", "count: 1"))
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: len(daemon.status()["workers"]) == 1, 15, message="pool shrunk to 1")
-        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" for pid in workers if pid not in daemon.status()["workers"]), 15, message="retired workers gone")
+        wait_for(lambda: not any(alive(pid) for pid in workers if pid not in daemon.status()["workers"]), 15, message="retired workers gone")
     finally:
         notify.close()
 
@@ -144,6 +144,14 @@ def test_journald_lines_carry_priority_prefixes(project, start_daemon):
     assert not any(line[:4].isdigit() for line in lines), "journald adds its own timestamps"
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a detached daemon's parent is init, which may reap it late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def cli(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "watcher", *args], cwd=project, capture_output=True, text=True, timeout=timeout)
 
@@ -164,13 +172,13 @@ def test_daemon_mode_pidfile_refuses_a_second_instance_and_stops(project):
         wait_for(lambda: log.exists() and "ready" in log.read_text(), 20, message="ready in daemon log")
         make_jpeg(project / "photos" / "d.jpg")
         wait_for(thumb(project, "d.jpg").exists, 20, message="daemon renders")
-        status = cli(project, "status", "-c", config)
-        assert status.returncode == 0 and f"pid {pid}" in status.stdout and "done 1" in status.stdout, status
+        status = wait_for(lambda: (r := cli(project, "status", "-c", config)).returncode == 0 and "done 1" in r.stdout and r, 10, message="status shows the photo")
+        assert f"pid {pid}" in status.stdout, status
         second = cli(project, "run", "--daemon", "--pidfile", str(pidfile), "-c", config)
         assert second.returncode != 0 and str(pid) in second.stderr, second
         stop = cli(project, "stop", "--pidfile", str(pidfile), "-c", config)
         assert stop.returncode == 0, stop
-        assert not Path(f"/proc/{pid}").exists()
+        assert not alive(pid)
         assert not pidfile.exists()
         assert cli(project, "status", "-c", config).returncode == 3
     finally:

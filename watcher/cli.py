@@ -89,7 +89,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(config: Config, *, one_shot: bool) -> int:
+def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = None) -> int:
     from . import logsetup
     from .service import Service
     from .systemd import Notifier
@@ -97,6 +97,7 @@ def _serve(config: Config, *, one_shot: bool) -> int:
     logsetup.configure(config.log)
     service = Service(config, notifier=Notifier(), one_shot=one_shot)
     service.install_signal_handlers()
+    service.signals.extend(early_signals or ())
     code = service.run()
     if one_shot and code == 0 and service.stats.failed:
         return 1
@@ -114,8 +115,8 @@ def _run_daemon(config: Config, pidfile: Path | None) -> int:
         print("thumbwatch: config error: log.file: expected a log file path for --daemon (a detached daemon has no terminal)", file=sys.stderr)
         return EX_CONFIG
     try:
-        with daemonize.detach(pidfile=pidfile):
-            return _serve(config, one_shot=False)
+        with daemonize.detach(pidfile=pidfile) as early_signals:
+            return _serve(config, one_shot=False, early_signals=early_signals)
     except daemonize.AlreadyRunning as err:
         print(f"thumbwatch: {err}", file=sys.stderr)
         return 1
