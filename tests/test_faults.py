@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -327,3 +328,32 @@ def test_burst_of_1000_photos_ends_with_exactly_1000_thumbnails(project, start_d
     done = int(stopped.split("done=")[1].split()[0])
     assert done == 1000, f"rendered {done} times for 1000 photos"
     assert len(daemon.log()) < 100, "per-photo lines at debug must keep the log short"
+
+
+def test_shared_corpus_through_the_daemon(project, start_daemon):
+    """Every manifest entry behaves as promised when dropped into a running daemon: one `failed`
+    line naming each bad file, an upright thumbnail for each good one, and the pool goes on."""
+    from helpers import CORPUS
+
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.exists():
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    rows = [line.split("\t") for line in manifest.read_text().splitlines()[1:] if line.strip()]
+    edit_config(project, "  create: true\n", '  create: true\n  patterns: ["*.jpg", "*.jpeg"]\n')
+    daemon = start_daemon()
+    daemon.wait_ready()
+    for rel, _expected, *_ in rows:
+        shutil.copy(CORPUS / rel, project / "photos" / Path(rel).name)
+    good = [Path(rel).name for rel, expected, *_ in rows if expected == "thumbnail"]
+    bad = [Path(rel).name for rel, expected, *_ in rows if expected == "error"]
+    for name in good:
+        wait_for(thumb(project, name).exists, 60, message=f"thumbnail of {name}")
+    for name in bad:
+        lines = daemon.wait_log(rf"failed \S*/{re.escape(name)}: \S", timeout=60)
+        assert len(lines) == 1, lines
+        assert not thumb(project, name).exists()
+    make_jpeg(project / "photos" / "after_corpus.jpg")
+    wait_for(thumb(project, "after_corpus.jpg").exists, 20, message="the pool goes on")
+    assert not daemon.matching("Traceback|bug while rendering"), daemon.text()
+    with Image.open(thumb(project, "pillow_hopper_orientation_6.jpg")) as rotated, Image.open(thumb(project, "pillow_hopper.jpg")) as upright:
+        assert rotated.size == upright.size
