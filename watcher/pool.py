@@ -1,7 +1,8 @@
 """The supervisor of worker processes: spawn, hand out jobs, reap, replace, drain.
 
-Each worker has its own pipe and holds at most one job, so the master always knows which
-photo a worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo is retried
+Each worker has its own pipe and holds at most PREFETCH jobs (the photo in hand and the next
+one, so it never sits idle waiting for the master on a busy 2-core box), and the master always
+knows which photo a worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo is retried
 and a replacement is started. A shared multiprocessing.Queue can't give that: a worker killed
 while reading it leaves the queue's lock held and the whole pool hangs, which is exactly where
 multiprocessing.Pool and ProcessPoolExecutor fall down.
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 from .worker import STOP_SIGNALS, worker_main
 
 logger = logging.getLogger(__name__)
+
+PREFETCH = 2
 
 # A worker that dies this many times in a row before saying hello cannot boot: stop trying.
 BOOT_FAILURE_LIMIT = 5
@@ -49,22 +53,30 @@ class Worker:
     process: Any
     conn: Connection
     booted: bool = False
-    job: Job | None = None
-    started: float = 0.0
+    jobs: deque = field(default_factory=deque)  # jobs[0] is in hand; the rest wait in its pipe
+    started: float = 0.0  # when the photo in hand was started
     retiring: bool = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def job(self) -> Job | None:
+        return self.jobs[0] if self.jobs else None
+
 
 @dataclass
 class Death:
-    """A worker that exited without being asked to, and the job it held (if any)."""
+    """A worker that exited without being asked to, and the jobs it held: the one in hand first."""
 
     pid: int
     exitcode: int | None
-    job: Job | None
+    jobs: list[Job]
+
+    @property
+    def job(self) -> Job | None:
+        return self.jobs[0] if self.jobs else None
 
 
 class WorkerPool:
@@ -72,6 +84,9 @@ class WorkerPool:
         self.count = count
         self.memory_limit_mb = memory_limit_mb
         self.ctx = multiprocessing.get_context("spawn")
+        # Set when draining: a worker then skips the jobs waiting in its pipe (they are found
+        # again at the next start) and finishes only the photo in hand.
+        self.draining_flag = self.ctx.Event()
         self.workers: list[Worker] = []
         self.boot_failures = 0
         self.draining = False
@@ -82,7 +97,7 @@ class WorkerPool:
 
     def spawn_worker(self) -> Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=worker_main, args=(child, self.memory_limit_mb), name="thumbwatch-worker", daemon=False)
+        process = self.ctx.Process(target=worker_main, args=(child, self.memory_limit_mb, self.draining_flag), name="thumbwatch-worker", daemon=False)
         # The child inherits a blocked mask, so a Ctrl-C or TERM arriving while it imports cannot
         # kill it; worker_main ignores both before unblocking. The master gets its signal on unblock.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -99,8 +114,13 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
-    def idle(self) -> list[Worker]:
-        return [w for w in self.workers if w.booted and w.job is None and not w.retiring and not self.draining]
+    def free_slots(self, depth: int = PREFETCH) -> list[Worker]:
+        """Workers that can take a job now, emptiest first; each appears once per free slot."""
+        usable = [w for w in self.workers if w.booted and not w.retiring and not self.draining]
+        slots = []
+        for level in range(depth):
+            slots.extend(w for w in usable if len(w.jobs) <= level)
+        return slots
 
     def busy(self) -> list[Worker]:
         return [w for w in self.workers if w.job is not None]
@@ -109,8 +129,9 @@ class WorkerPool:
         return [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
 
     def assign(self, worker: Worker, job: Job, payload: tuple) -> None:
-        worker.job = job
-        worker.started = time.monotonic()
+        if not worker.jobs:
+            worker.started = time.monotonic()
+        worker.jobs.append(job)
         worker.conn.send(payload)
 
     def collect(self, ready: list[Any]) -> tuple[list[tuple[Worker, tuple]], list[Death]]:
@@ -139,19 +160,24 @@ class WorkerPool:
         if worker.retiring or self.draining:
             if code != 0:
                 logger.warning("worker exited pid=%s code=%s while stopping", worker.pid, code)
-            return [Death(worker.pid, code, worker.job)] if worker.job else []
+            return [Death(worker.pid, code, list(worker.jobs))] if worker.jobs else []
         if not worker.booted:
             self.boot_failures += 1
             if self.boot_failures >= BOOT_FAILURE_LIMIT:
                 raise PoolBroken(f"{self.boot_failures} workers in a row died before starting (last exit code {code})")
-        return [Death(worker.pid, code, worker.job)]
+        return [Death(worker.pid, code, list(worker.jobs))]
 
     def booted(self, worker: Worker) -> None:
         worker.booted = True
         self.boot_failures = 0
 
     def finish(self, worker: Worker) -> Job | None:
-        job, worker.job = worker.job, None
+        """The photo in hand is done; the worker has already started the next one, if any."""
+        if not worker.jobs:
+            return None
+        job = worker.jobs.popleft()
+        if worker.jobs:
+            worker.started = time.monotonic()
         return job
 
     def replace_missing(self) -> int:
@@ -181,6 +207,7 @@ class WorkerPool:
 
     def drain(self) -> None:
         self.draining = True
+        self.draining_flag.set()
         for worker in self.workers:
             if not worker.retiring:
                 self.retire(worker)
@@ -191,11 +218,12 @@ class WorkerPool:
         except ProcessLookupError:
             pass
 
-    def remove(self, worker: Worker) -> None:
-        """Forget a worker the master killed on purpose (its photo already dealt with)."""
+    def remove(self, worker: Worker) -> list[Job]:
+        """Forget a worker the master killed on purpose; returns the jobs that waited in its pipe."""
         worker.process.join(5)
         worker.conn.close()
         self.workers.remove(worker)
+        return list(worker.jobs)
 
     def kill_all(self) -> list[Worker]:
         """Stop at once: SIGKILL every worker (they ignore SIGTERM) and reap them."""

@@ -26,7 +26,7 @@ from .config import Config, ConfigError
 from .events import Notice, PhotoEventHandler
 from .jobs import JobQueue
 from .paths import PathRules, shown, temp_path_for
-from .pool import Death, Job, PoolBroken, Worker, WorkerPool
+from .pool import PREFETCH, Death, Job, PoolBroken, Worker, WorkerPool
 from .render import RenderSettings
 from .scan import Scanner, ScanReport, needs_render, remove_stale_temps
 from .state import STATUS, FailureStore, write_json_atomic
@@ -342,7 +342,7 @@ class Service:
         if self.stopping:
             return
         block = self.output_block
-        for worker in self.pool.idle():
+        for worker in self.pool.free_slots(1 if block is not None else PREFETCH):
             if block is not None:
                 if block.probing or time.monotonic() < block.next_try:
                     return
@@ -370,6 +370,9 @@ class Service:
             logger.error("worker pid=%s sent %s with no job in hand", worker.pid, kind)
             return
         _, _job_id, payload, ms = message
+        if kind == "skipped":
+            logger.debug("not started before stopping: %s", shown(job.path))
+            return
         photo_level = logging.DEBUG if self.config.log.photos == "debug" else logging.INFO
         if kind == "ok":
             self.stats.done += 1
@@ -420,6 +423,8 @@ class Service:
         self._remove_temps(death.pid, death.job)
         how = describe_exit(death.exitcode)
         job = death.job
+        if not self.stopping:
+            self.retry.extendleft(reversed(death.jobs[1:]))  # never started: no attempt counted
         if job is None:
             logger.error("worker exited pid=%s %s, restarting it", death.pid, how)
             return
@@ -455,7 +460,7 @@ class Service:
                 job = self.pool.finish(worker)
                 assert job is not None
                 self.pool.kill_worker(worker)
-                self.pool.remove(worker)
+                self.retry.extendleft(reversed(self.pool.remove(worker)))
                 self._remove_temps(worker.pid, job)
                 self._fail(job.path, self._stat(job.path), f"timed out after {limit:g} s")
                 logger.info("killed worker pid=%s for its photo's time limit; starting a new one", worker.pid)
@@ -728,12 +733,13 @@ class Service:
 
     def drain(self) -> int:
         in_flight = len(self.pool.busy())
-        logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_flight, len(self.jobs) + len(self.retry))
+        waiting = len(self.jobs) + len(self.retry) + sum(len(w.jobs) - 1 for w in self.pool.busy())
+        logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_flight, waiting)
+        self.pool.drain()  # first: from now on no worker starts a photo it wasn't already rendering
         self.notifier.stopping(f"draining: {in_flight} in flight")
         self._stop_observers()
         if self.scanner is not None:
             self.scanner.stop()
-        self.pool.drain()
         deadline = time.monotonic() + self.config.workers.drain_timeout
         try:
             while self.pool.workers and time.monotonic() < deadline and not self._force:

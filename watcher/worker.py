@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def worker_main(conn: Connection, memory_limit_mb: int) -> None:
+def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -40,6 +40,9 @@ def worker_main(conn: Connection, memory_limit_mb: int) -> None:
             return
         if job is None:
             return
+        if draining.is_set():
+            conn.send(("skipped", job[0], None, 0.0))  # not started: the next start finds it
+            continue
         conn.send(run_job(*job))
 
 

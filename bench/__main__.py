@@ -1,0 +1,353 @@
+"""`make bench` / `python -m bench`: thumbwatch's speed, latency, catch-up and memory, each as a
+ratio to a baseline measured in the same run on the same files, so results hold on a noisy box.
+
+    python -m bench [--quick] [--only throughput,render,latency,catchup,memory] [--repeats 3]
+
+Prints a table and writes bench/results/latest.json. Figures are medians over --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from . import corpus, methods
+from .daemon import BenchDaemon, count_files, cpu_ticks, vm_kb
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = corpus.CACHE / "run"
+
+
+def median_of(repeats: int, measure) -> float:
+    return statistics.median(measure() for _ in range(repeats))
+
+
+def pool_rate(fn, paths: list[Path], out: Path) -> float:
+    """Images per second for `fn` over `paths` in 2 processes (chunks of 4, like Pool.map)."""
+    shutil.rmtree(out, ignore_errors=True)
+    for sub in ("", *(s.name for s in methods.THREE_SIZES)):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), str(out)) for p in paths]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(methods.decode_floor, jobs[:2])  # both workers up and warm before the clock starts
+        start = time.perf_counter()
+        pool.map(fn, jobs, chunksize=4)
+        return len(paths) / (time.perf_counter() - start)
+
+
+def bare_loop_rate(fn, paths: list[Path], out: Path) -> float:
+    """A bare loop in each of 2 processes over its half of the photos: no queue, no watching."""
+    shutil.rmtree(out, ignore_errors=True)
+    for sub in (s.name for s in methods.THREE_SIZES):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), str(out)) for p in paths]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(methods.decode_floor, jobs[:2])
+        start = time.perf_counter()
+        pool.map(fn, jobs, chunksize=(len(jobs) + 1) // 2)
+        return len(paths) / (time.perf_counter() - start)
+
+
+def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict) -> float:
+    """A backlog moved into the watched folder of a running daemon: first move to last thumbnail."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    staging, photos = WORK / "staging", WORK / "photos"
+    staging.mkdir(parents=True)
+    photos.mkdir()
+    for p in paths:
+        os.link(p, staging / p.name)
+    daemon = BenchDaemon(WORK, photos, boxes)
+    try:
+        daemon.wait_line(r"catch-up done")
+        last = photos / "thumbs" / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
+        start = time.perf_counter()
+        for p in paths:
+            os.rename(staging / p.name, photos / p.name)
+        while count_files(last) < len(paths):
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        workers = daemon.status()["workers"]
+        result.setdefault("worker_peak_rss_mb", []).extend(round(vm_kb(pid) / 1024, 1) for pid in workers)
+        return len(paths) / elapsed
+    finally:
+        daemon.stop()
+
+
+def per_image_ms(paths: list[Path], out: Path, repeats: int) -> dict[str, float]:
+    """In-process ms per image, the cases interleaved so drifting load hits all alike."""
+    for sub in (s.name for s in methods.THREE_SIZES):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cases = {"decode_floor": methods.decode_floor, "render_one": methods.render_one, "render_three": methods.render_three}
+    jobs = [(str(p), str(out)) for p in paths]
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn(jobs[0])
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            gc.collect()
+            start = time.perf_counter()
+            for job in jobs:
+                fn(job)
+            samples[name].append((time.perf_counter() - start) * 1000 / len(jobs))
+    return {name: round(statistics.median(v), 2) for name, v in samples.items()}
+
+
+def orientation_check(paths: list[Path], out: Path) -> dict[str, bool]:
+    """Orientation-6 photos are portrait when upright: ours must be, the classic isn't."""
+    six = [p for p in paths if Image.open(p).getexif().get(0x0112) == 6][:3]
+    ours, naive = [], []
+    for p in six:
+        methods.render_one((str(p), str(out)))
+        methods.classic((str(p), str(out)))
+        with Image.open(out / "s256" / p.name) as a, Image.open(out / p.name) as b:
+            ours.append(a.height > a.width)
+            naive.append(b.height > b.width)
+    return {"thumbwatch_upright": all(ours), "classic_upright": all(naive)}
+
+
+def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
+    twelve = corpus.photo_set("cam12", n12, 4000, 3000)
+    two = corpus.photo_set("cam2", n2, 1632, 1224)
+    for p in twelve + two:
+        p.read_bytes()  # warm the page cache: we measure decoding, not the disk
+    out = WORK.parent / "out"
+    info = results.setdefault("throughput", {})
+    info["photos_12mp"] = {"count": len(twelve), "mean_mb": round(sum(p.stat().st_size for p in twelve) / len(twelve) / 1e6, 2)}
+    for label, paths in (("12mp", twelve), ("2mp", two)):
+        rates: dict[str, float] = {}
+        mem: dict = {}
+        rates["decode_floor"] = median_of(repeats, lambda: pool_rate(methods.decode_floor, paths, out))
+        rates["classic_pool_map"] = median_of(repeats, lambda: pool_rate(methods.classic, paths, out))
+        rates["bare_render_1size"] = median_of(repeats, lambda: bare_loop_rate(methods.render_one, paths, out))
+        rates["bare_render_3sizes"] = median_of(repeats, lambda: bare_loop_rate(methods.render_three, paths, out))
+        if methods.pyvips_available():
+            rates["pyvips_thumbnail"] = median_of(repeats, lambda: pool_rate(methods.pyvips_thumbnail, paths, out))
+        one_mem: dict = {}
+        rates["daemon_1size"] = median_of(repeats, lambda: daemon_rate(paths, (256,), one_mem))
+        three_mem: dict = {}
+        rates["daemon_3sizes"] = median_of(repeats, lambda: daemon_rate(paths, (1024, 512, 256), three_mem))
+        if label == "12mp":
+            mem = {"one_size": max(one_mem["worker_peak_rss_mb"]), "three_sizes": max(three_mem["worker_peak_rss_mb"])}
+            results.setdefault("memory", {})["worker_peak_rss_mb_12mp"] = mem
+        info[label] = {k: round(v, 1) for k, v in rates.items()}
+    results["orientation"] = orientation_check(twelve, out)
+    results["pyvips"] = methods.pyvips_available()
+
+
+def bench_render(n: int, repeats: int, results: dict) -> None:
+    paths = corpus.photo_set("cam12", n, 4000, 3000)
+    results["render_ms_per_image"] = per_image_ms(paths[: min(len(paths), 16)], WORK.parent / "out-inproc", max(repeats, 3))
+
+
+def bench_latency(n: int, results: dict) -> None:
+    paths = corpus.photo_set("cam12", n, 4000, 3000)
+    shutil.rmtree(WORK, ignore_errors=True)
+    photos = WORK / "photos"
+    photos.mkdir(parents=True)
+    data = [p.read_bytes() for p in paths]
+    decode = []
+    for p in paths:
+        start = time.perf_counter()
+        methods.decode_floor((str(p), ""))
+        decode.append((time.perf_counter() - start) * 1000)
+    daemon = BenchDaemon(WORK, photos, (256,))
+    latencies = []
+    try:
+        daemon.wait_line(r"catch-up done")
+        time.sleep(1.0)  # let the daemon go idle: this measures an idle daemon's reaction
+        for i, blob in enumerate(data):
+            target = photos / "thumbs" / f"lat{i:03d}.jpg"
+            with open(photos / f"lat{i:03d}.jpg", "wb") as f:
+                f.write(blob)
+            closed = time.perf_counter()
+            while not target.exists():
+                time.sleep(0.0005)
+            latencies.append((time.perf_counter() - closed) * 1000)
+            time.sleep(0.1)
+        pids = daemon.pids()
+        before = cpu_ticks(pids)
+        time.sleep(5.0)
+        idle_ticks = cpu_ticks(pids) - before
+    finally:
+        daemon.stop()
+    latencies.sort()
+    results["latency"] = {
+        "photos": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+        "decode_ms_median": round(statistics.median(decode), 1),
+        "idle_cpu_percent": round(100 * idle_ticks / os.sysconf("SC_CLK_TCK") / 5.0, 2),
+    }
+
+
+def walk_seconds(top: Path) -> float:
+    start = time.perf_counter()
+    stack = [str(top)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "thumbs":
+                        stack.append(entry.path)
+                else:
+                    entry.stat()
+    return time.perf_counter() - start
+
+
+def bench_catchup(count: int, repeats: int, results: dict) -> None:
+    photos = corpus.catchup_tree(count)
+    walk_seconds(photos)  # warm the dentry and inode caches for both
+    walk = median_of(repeats, lambda: walk_seconds(photos))
+
+    def daemon_catchup() -> float:
+        daemon = BenchDaemon(WORK.parent / "catchup-state", photos, (256,))
+        try:
+            _, match = daemon.wait_line(rf"catch-up done: found={count} queued=0 skipped={count} .* in ([\d.]+) s", timeout=600)
+            return float(match.group(1))
+        finally:
+            daemon.stop()
+
+    daemon_catchup()
+    catchup = median_of(repeats, daemon_catchup)
+    results["catchup"] = {"photos": count, "scandir_stat_walk_s": round(walk, 3), "daemon_catchup_s": round(catchup, 3)}
+
+
+def bench_memory(count: int, results: dict) -> None:
+    folder = corpus.CACHE / f"burst-{count}"
+    staging = folder / "staging"
+    if not (folder / ".complete").exists():
+        staging.mkdir(parents=True, exist_ok=True)
+        blob = corpus.small_jpeg()
+        for i in range(count):
+            (staging / f"b{i:05d}.jpg").write_bytes(blob)
+        (folder / ".complete").touch()
+    shutil.rmtree(WORK, ignore_errors=True)
+    photos = WORK / "photos"
+    photos.mkdir(parents=True)
+    names = sorted(os.listdir(staging))
+    daemon = BenchDaemon(WORK, photos, (256,))
+    try:
+        daemon.wait_line(r"catch-up done")
+        for name in names:
+            os.rename(staging / name, photos / name)
+        while count_files(photos / "thumbs") < len(names):
+            time.sleep(0.2)
+        peak = vm_kb(daemon.proc.pid)
+    finally:
+        daemon.stop()
+        for name in names:
+            os.rename(photos / name, staging / name)
+    results.setdefault("memory", {})["main_peak_rss_mb_burst"] = {"photos": len(names), "peak_mb": round(peak / 1024, 1)}
+
+
+def targets(r: dict) -> list[tuple[str, str, bool]]:
+    rows = []
+
+    def add(name: str, value: float, limit: float, below: bool, unit: str = "×") -> None:
+        ok = value <= limit if below else value >= limit
+        rows.append((name, f"{value:.3g}{unit} ({'≤' if below else '≥'} {limit:g}{unit})", ok))
+
+    if "render_ms_per_image" in r:
+        m = r["render_ms_per_image"]
+        add("render one size / decode floor, per image", m["render_one"] / m["decode_floor"], 1.15, True)
+        add("render three sizes / one size, per image", m["render_three"] / m["render_one"], 1.8, True)
+    t = r.get("throughput", {}).get("12mp")
+    if t:
+        add("daemon / bare render loop, throughput", t["daemon_1size"] / t["bare_render_1size"], 0.95, False)
+        if "pyvips_thumbnail" in t:
+            add("daemon / pyvips, throughput", t["daemon_1size"] / t["pyvips_thumbnail"], 1.25, False)
+        add("daemon / classic Pool.map, throughput", t["daemon_1size"] / t["classic_pool_map"], 1.3, False)
+        add("daemon three sizes / one size, time per photo", t["daemon_1size"] / t["daemon_3sizes"], 1.8, True)
+        o = r["orientation"]
+        rows.append(("EXIF orientation: ours upright, classic not", f"ours {o['thumbwatch_upright']}, classic {o['classic_upright']}", o["thumbwatch_upright"]))
+    if "latency" in r:
+        lat = r["latency"]
+        add("latency p50 - decode time", lat["p50_ms"] - lat["decode_ms_median"], 10, True, " ms")
+        add("latency p95 / p50", lat["p95_ms"] / lat["p50_ms"], 2, True)
+        add("idle CPU, main + workers", lat["idle_cpu_percent"], 0.5, True, " %")
+    if "catchup" in r:
+        c = r["catchup"]
+        add(f"catch-up of {c['photos']:,} / scandir+stat walk", c["daemon_catchup_s"] / c["scandir_stat_walk_s"], 4, True)
+    mem = r.get("memory", {})
+    if "main_peak_rss_mb_burst" in mem:
+        add(f"main process peak RSS, {mem['main_peak_rss_mb_burst']['photos']:,}-file burst", mem["main_peak_rss_mb_burst"]["peak_mb"], 80, True, " MB")
+    if "worker_peak_rss_mb_12mp" in mem:
+        add("worker peak RSS at 12 MP, one size", mem["worker_peak_rss_mb_12mp"]["one_size"], 40, True, " MB")
+    return rows
+
+
+def report(r: dict) -> str:
+    lines = [f"thumbwatch bench — {r['machine']}", ""]
+    for label in ("12mp", "2mp"):
+        t = r.get("throughput", {}).get(label)
+        if not t:
+            continue
+        base = t["bare_render_1size"]
+        lines.append(f"throughput, {label.upper()} → 256 px, 2 processes (median of {r['repeats']}):")
+        lines.append(f"  {'method':34s} {'img/s':>7s} {'× bare render':>14s}")
+        for name, rate in t.items():
+            lines.append(f"  {name:34s} {rate:7.1f} {rate / base:14.2f}")
+        lines.append("")
+    if "render_ms_per_image" in r:
+        lines.append("in-process, ms per 12 MP image: " + ", ".join(f"{k} {v}" for k, v in r["render_ms_per_image"].items()))
+    if "latency" in r:
+        lines.append("latency (close → thumbnail renamed): " + ", ".join(f"{k} {v}" for k, v in r["latency"].items()))
+    if "catchup" in r:
+        lines.append("catch-up: " + ", ".join(f"{k} {v}" for k, v in r["catchup"].items()))
+    if "memory" in r:
+        lines.append("memory: " + json.dumps(r["memory"]))
+    lines += ["", "targets:"]
+    for name, value, ok in targets(r):
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer photos and repeats: a smoke run")
+    parser.add_argument("--only", default="throughput,render,latency,catchup,memory")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    repeats = 1 if args.quick else args.repeats
+    n12, n2, nlat, ncatch, nburst = (24, 24, 10, 10_000, 2_000) if args.quick else (200, 200, 50, 100_000, 20_000)
+    results: dict = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, Pillow {Image.__version__}",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "repeats": repeats,
+        "quick": args.quick,
+    }
+    steps = [
+        ("render", lambda: bench_render(n12, repeats, results)),
+        ("throughput", lambda: bench_throughput(n12, n2, repeats, results)),
+        ("latency", lambda: bench_latency(nlat, results)),
+        ("catchup", lambda: bench_catchup(ncatch, repeats, results)),
+        ("memory", lambda: bench_memory(nburst, results)),
+    ]
+    for name, step in steps:
+        if name in only:
+            started = time.perf_counter()
+            print(f"[bench] {name} …", file=sys.stderr, flush=True)
+            step()
+            print(f"[bench] {name} done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    results["targets"] = [{"name": n, "value": v, "pass": ok} for n, v, ok in targets(results)]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(report(results))
+    print(f"\nwritten: {RESULTS / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The benchmark's inputs, generated deterministically once and cached under bench/cache/.
+
+Camera-like JPEGs (seeded noise at three scales plus grain, so they entropy-code like real
+photos: ~3 MB at 12 MP, q92) with EXIF orientations 1/3/6/8; a 2 MP set; a 100,000-photo tree
+with up-to-date placeholder thumbnails for the catch-up walk; a burst of small photos.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+from PIL import Image, ImageChops
+
+CACHE = Path(__file__).resolve().parent / "cache"
+ORIENTATIONS = (1, 3, 6, 8)
+DISTINCT = 16  # distinct pictures; each is saved under several orientations and qualities
+
+
+def _noise(rng: random.Random, width: int, height: int) -> Image.Image:
+    return Image.frombytes("L", (width, height), rng.randbytes(width * height))
+
+
+def camera_like(seed: int, width: int, height: int) -> Image.Image:
+    rng = random.Random(seed)
+    bands = []
+    for _ in range(3):
+        base = _noise(rng, max(1, width // 40), max(1, height // 40)).resize((width, height), Image.Resampling.BICUBIC)
+        mid = _noise(rng, max(1, width // 4), max(1, height // 4)).resize((width, height), Image.Resampling.BILINEAR)
+        grain = _noise(rng, width, height).point(lambda v: 120 + v // 16)
+        bands.append(ImageChops.add(ImageChops.add(base, mid, scale=2.0), grain, offset=-120))
+    return Image.merge("RGB", bands)
+
+
+def _jpeg(im: Image.Image, orientation: int, quality: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "thumbwatch-bench"
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def photo_set(name: str, count: int, width: int, height: int) -> list[Path]:
+    """`count` JPEGs in bench/cache/<name>/, made once; orientation cycles through 1/3/6/8."""
+    folder = CACHE / f"{name}-{width}x{height}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}_{i:04d}.jpg" for i in range(count)]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    pictures: dict[int, Image.Image] = {}
+    for i in missing:
+        seed = i % DISTINCT
+        if seed not in pictures:
+            pictures[seed] = camera_like(seed + width, width, height)
+        data = _jpeg(pictures[seed], ORIENTATIONS[i % len(ORIENTATIONS)], 90 + (i // DISTINCT) % 4)
+        temp = paths[i].with_suffix(".part")
+        temp.write_bytes(data)
+        os.replace(temp, paths[i])
+    return paths
+
+
+def small_jpeg() -> bytes:
+    return _jpeg(camera_like(7, 64, 48), 1, 85)
+
+
+def catchup_tree(count: int = 100_000, per_folder: int = 1000) -> Path:
+    """A watched tree of `count` empty placeholder photos, each with an up-to-date placeholder
+    thumbnail (same mtime), as the stat-only check needs. Built once."""
+    root = CACHE / f"catchup-{count}"
+    done = root / ".complete"
+    if done.exists():
+        return root / "photos"
+    photos = root / "photos"
+    stamp = 1_700_000_000
+    for i in range(count):
+        folder = f"d{i // per_folder:04d}"
+        photo = photos / folder / f"p{i:06d}.jpg"
+        thumb = photos / "thumbs" / folder / f"p{i:06d}.jpg"
+        if i % per_folder == 0:
+            photo.parent.mkdir(parents=True, exist_ok=True)
+            thumb.parent.mkdir(parents=True, exist_ok=True)
+        for path in (photo, thumb):
+            with open(path, "wb"):
+                pass
+            os.utime(path, (stamp, stamp))
+    done.touch()
+    return photos
