@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 # Notices for the master: (kind, path). Kinds: "settle", "new-dir", "deleted", "dir-gone".
 Notice = tuple[str, str]
 
+# What the handler acts on under inotify. Passed as the watch's event filter, it also narrows
+# the kernel's inotify mask: without it every write() of a copy in progress (IN_MODIFY) and
+# every worker opening a photo (IN_OPEN, IN_CLOSE_NOWRITE) wakes the master's observer thread.
+INOTIFY_EVENTS = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+
 
 class PhotoEventHandler(FileSystemEventHandler):
     def __init__(self, rules: PathRules, jobs: JobQueue, notify: Callable[[Notice], None], *, polling: bool):

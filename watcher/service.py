@@ -23,7 +23,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import __version__, config as config_mod, logsetup
 from .config import Config, ConfigError
-from .events import Notice, PhotoEventHandler
+from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
 from .jobs import JobQueue
 from .paths import PathRules, shown, temp_path_for
 from .pool import PREFETCH, Death, Job, PoolBroken, Worker, WorkerPool
@@ -214,7 +214,7 @@ class Service:
         recursive = self.config.watch.recursive
         if self.inotify is not None:
             try:
-                watch = self.inotify.schedule(self._handler(False), root, recursive=recursive)
+                watch = self.inotify.schedule(self._handler(False), root, recursive=recursive, event_filter=list(INOTIFY_EVENTS))
                 self.watches[root] = (self.inotify, watch)
                 return
             except OSError as err:
