@@ -145,3 +145,25 @@ def test_bad_config_exits_78_with_the_key_and_no_traceback(tmp_path, command, te
 def test_version(tmp_path):
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("thumbwatch ")
+
+
+def test_issue_5_output_shape_keeps_working(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, """
+watch: {paths: [photos]}
+output:
+  style: files            # files (default) | freedesktop
+  dir: thumbs
+  metadata: none          # none (default) | exif-no-gps | all
+  color: srgb             # srgb (default) | keep
+  sizes:
+    - {name: square, width: 75, height: 75, mode: fill}
+    - {name: small, width: 256, height: 256}                 # mode: fit is the default
+    - {name: web, width: 1024, mode: width, format: webp, quality: 80}
+"""), base_dir=tmp_path)
+    square, small, web = config.output.sizes
+    assert (square.mode, small.mode, web.mode) == ("fill", "fit", "width")
+    assert (web.format, web.quality, web.height) == ("webp", 80, None)
+    assert config.output.metadata == "none" and config.output.color == "srgb"
+    fd = load(write(tmp_path, "watch: {paths: [photos]}\noutput: {style: freedesktop}"), base_dir=tmp_path)
+    assert fd.output.style == "freedesktop"

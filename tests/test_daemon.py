@@ -46,6 +46,9 @@ def test_copied_in_photos_get_upright_thumbnails_once(project, start_daemon, tmp
     daemon.wait_log(OK.format(name="o8"), count=1)
     for orientation in (1, 6, 8):
         assert len(ok_lines(daemon, f"o{orientation}.jpg")) == 1, daemon.text()
+    assert daemon.matching(r"thumbwatch \S+ starting: folders=\S+ workers=2 sizes=\[small:64x64")
+    if os.geteuid() == 0:
+        assert daemon.matching(r"WARNING running as root: .*DynamicUser=yes"), "no warning when run as root"
 
 
 def test_portrait_photo_stays_portrait(project, start_daemon):

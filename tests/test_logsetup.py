@@ -1,0 +1,84 @@
+"""Log formats: journald priorities, JSON lines, terminal lines; worker records re-emitted once."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from watcher import logsetup
+from watcher.config import LogConfig
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    yield
+    if logsetup._handler is not None:
+        root.removeHandler(logsetup._handler)
+        logsetup._handler.close()
+        logsetup._handler = None
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def record(level: int, msg: str, *args, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+    return logging.LogRecord("watcher", level, __file__, 1, msg, args, exc_info)
+
+
+def test_journal_lines_carry_priorities_on_every_line():
+    fmt = logsetup.JournalFormatter()
+    assert fmt.format(record(logging.INFO, "ok %s", "a.jpg")) == "<6>ok a.jpg"
+    assert fmt.format(record(logging.WARNING, "failed")) == "<4>failed"
+    lines = fmt.format(record(logging.ERROR, "bug", exc=True)).splitlines()
+    assert len(lines) > 2 and all(line.startswith("<3>") for line in lines)
+
+
+def test_json_lines_parse_and_keep_extra_fields():
+    line = logsetup.JsonFormatter().format(logging.makeLogRecord({"name": "watcher", "levelno": 30, "levelname": "WARNING", "msg": "failed %s", "args": ("x.jpg",), "photo": "x.jpg"}))
+    data = json.loads(line)
+    assert data["level"] == "warning" and data["msg"] == "failed x.jpg" and data["photo"] == "x.jpg"
+    assert "T" in data["ts"]
+
+
+def test_configure_twice_does_not_duplicate_lines(tmp_path, restore_logging):
+    log = tmp_path / "t.log"
+    logsetup.configure(LogConfig(file=log))
+    logsetup.configure(LogConfig(file=log))
+    logging.getLogger("watcher").info("once")
+    assert log.read_text().count("once") == 1
+    assert " INFO once" in log.read_text()
+
+
+def test_forwarded_worker_records_are_written_once_by_the_master(tmp_path, restore_logging):
+    log = tmp_path / "t.log"
+    logsetup.configure(LogConfig(file=log, format="json"))
+    sent = []
+    handler = logsetup.ForwardingHandler(sent.append)
+    handler.handle(record(logging.ERROR, "from worker %d", 7, exc=True))
+    assert sent and isinstance(sent[0], dict)
+    logsetup.handle_forwarded(sent[0])
+    [line] = log.read_text().splitlines()
+    data = json.loads(line)
+    assert data["msg"] == "from worker 7" and "ValueError: boom" in data["exc"]
+
+
+def test_under_journald_only_when_the_stream_matches(tmp_path, monkeypatch):
+    with open(tmp_path / "stream", "w") as stream:
+        monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+        assert not logsetup.under_journald(stream)
+        import os
+
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logsetup.under_journald(stream)
