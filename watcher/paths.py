@@ -44,6 +44,7 @@ class PathRules:
         self._patterns = [re.compile(fnmatch.translate(p), re.IGNORECASE) for p in config.watch.patterns]
         self._ignore = [re.compile(fnmatch.translate(p), re.IGNORECASE) for p in config.watch.ignore]
         self.output_roots = tuple(self._output_root(root) for root in self.roots)
+        self._folders: dict[str, FolderRules] = {}
 
     def root_of(self, path: str) -> str | None:
         for root in self.roots:
@@ -65,21 +66,20 @@ class PathRules:
             return path.startswith(str(freedesktop.cache_root()) + os.sep)
         return any(path == o or path.startswith(o + os.sep) for o in self.output_roots)
 
+    def folder(self, folder: str) -> "FolderRules":
+        """The rules for the photos directly in `folder`, worked out once per folder: a catch-up
+        walk over 100,000 photos then pays only a name check and a string join per photo."""
+        rules = self._folders.get(folder)
+        if rules is None:
+            if len(self._folders) > 4096:
+                self._folders.clear()
+            rules = self._folders[folder] = FolderRules(self, folder)
+        return rules
+
     def wants(self, path: str) -> bool:
         """Does this path name a photo we should thumbnail (by name alone)?"""
-        root = self.root_of(path)
-        if root is None or path == root or self.is_output(path):
-            return False
-        rel = path[len(root) + 1 :]
-        parts = rel.split(os.sep)
-        if not self.config.watch.recursive and len(parts) > 1:
-            return False
-        if any(is_temp_name(part) for part in parts):
-            return False
-        name = parts[-1]
-        if not any(p.match(name) for p in self._patterns):
-            return False
-        return not any(p.match(name) or p.match(rel) for p in self._ignore)
+        folder, name = os.path.split(path)
+        return self.folder(folder).wants(name)
 
     def wants_dir(self, path: str) -> bool:
         """Should a walk descend into this folder?"""
@@ -97,30 +97,66 @@ class PathRules:
 
     def targets(self, photo: str) -> tuple[Target, ...]:
         """Every thumbnail path for a photo inside one of the watched folders."""
-        output = self.config.output
-        if output.style == "freedesktop":
-            return tuple(Target(size, str(freedesktop.thumbnail_path(photo, size.name))) for size in freedesktop.SIZES)
-        root = self.root_of(photo)
-        assert root is not None, photo
-        out_root = self.output_roots[self.roots.index(root)]
-        rel_dir, name = os.path.split(photo[len(root) + 1 :])
-        stem, src_ext = os.path.splitext(name)
-        several = len(output.sizes) > 1
-        targets = []
-        for size in output.sizes:
-            ext = src_ext if size.format == "jpeg" and src_ext.lower() in JPEG_EXTS else FORMAT_EXT[size.format]
-            base = os.path.join(out_root, size.name) if several else out_root
-            rel = size.template.format(size=size.name, stem=stem, ext=ext, dir=rel_dir or ".")
-            if "{dir}" not in size.template:
-                rel = os.path.join(rel_dir, rel)
-            targets.append(Target(size, os.path.normpath(os.path.join(base, rel))))
-        return tuple(targets)
+        folder, name = os.path.split(photo)
+        return self.folder(folder).targets(name)
 
     def temp_dirs(self) -> tuple[str, ...]:
         """Where stale temp outputs of a crashed run can be (cleaned at start)."""
         if self.config.output.style == "freedesktop":
             return tuple(str(freedesktop.cache_root() / size.name) for size in freedesktop.SIZES)
         return self.output_roots
+
+
+class FolderRules:
+    """The filter and the mapping for the photos directly inside one folder."""
+
+    def __init__(self, rules: PathRules, folder: str):
+        self.rules = rules
+        self.folder = folder
+        root = rules.root_of(folder)
+        self.rel_dir = "" if root is None or folder == root else folder[len(root) + 1 :]
+        parts = self.rel_dir.split(os.sep) if self.rel_dir else []
+        self.ok = (
+            root is not None
+            and not rules.is_output(folder)
+            and (rules.config.watch.recursive or not parts)
+            and not any(is_temp_name(part) for part in parts)
+        )
+        self.freedesktop = rules.config.output.style == "freedesktop"
+        self.bases: list[tuple[SizeSpec, str]] = []
+        if self.ok and not self.freedesktop:
+            out_root = rules.output_roots[rules.roots.index(root)]
+            several = len(rules.config.output.sizes) > 1
+            for size in rules.config.output.sizes:
+                base = os.path.join(out_root, size.name) if several else out_root
+                if "{dir}" not in size.template and self.rel_dir:
+                    base = os.path.join(base, self.rel_dir)
+                self.bases.append((size, base))
+
+    def wants(self, name: str) -> bool:
+        if not self.ok or is_temp_name(name):
+            return False
+        rules = self.rules
+        if not any(p.match(name) for p in rules._patterns):
+            return False
+        rel = os.path.join(self.rel_dir, name) if self.rel_dir else name
+        return not any(p.match(name) or p.match(rel) for p in rules._ignore)
+
+    def targets(self, name: str) -> tuple[Target, ...]:
+        if self.freedesktop:
+            photo = os.path.join(self.folder, name)
+            return tuple(Target(size, str(freedesktop.thumbnail_path(photo, size.name))) for size in freedesktop.SIZES)
+        assert self.ok, os.path.join(self.folder, name)
+        stem, src_ext = os.path.splitext(name)
+        targets = []
+        for size, base in self.bases:
+            ext = src_ext if size.format == "jpeg" and src_ext.lower() in JPEG_EXTS else FORMAT_EXT[size.format]
+            if size.template == "{stem}{ext}":
+                targets.append(Target(size, f"{base}{os.sep}{stem}{ext}"))
+                continue
+            rel = size.template.format(size=size.name, stem=stem, ext=ext, dir=self.rel_dir or ".")
+            targets.append(Target(size, os.path.normpath(os.path.join(base, rel))))
+        return tuple(targets)
 
 
 def temp_path_for(final: str, pid: int | None = None) -> str:

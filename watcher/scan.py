@@ -15,30 +15,31 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .jobs import JobQueue
-from .paths import PathRules, is_our_temp
+from .paths import PathRules, Target, is_our_temp
 from .state import FailureStore
 
 logger = logging.getLogger(__name__)
 
 
-def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result]]:
-    """Every wanted photo below `top` (a watched root or a folder inside one), with its stat."""
+def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tuple[Target, ...]]]:
+    """Every wanted photo below `top` (a watched root or a folder inside one), with its stat and
+    its thumbnails. Folder by folder, so the rules are worked out once per folder."""
     follow = rules.config.watch.follow_symlinks
     stack = [top]
     while stack:
         folder = stack.pop()
+        here = rules.folder(folder)
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    path = entry.path
                     try:
                         if entry.is_dir(follow_symlinks=follow):
-                            if rules.wants_dir(path) and (follow or not entry.is_symlink()):
-                                stack.append(path)
-                        elif rules.wants(path) and entry.is_file(follow_symlinks=True):
-                            if entry.is_symlink() and not follow and not _inside_roots(rules, path):
+                            if rules.wants_dir(entry.path) and (follow or not entry.is_symlink()):
+                                stack.append(entry.path)
+                        elif here.wants(entry.name) and entry.is_file(follow_symlinks=True):
+                            if entry.is_symlink() and not follow and not _inside_roots(rules, entry.path):
                                 continue
-                            yield path, entry.stat(follow_symlinks=True)
+                            yield entry.path, entry.stat(follow_symlinks=True), here.targets(entry.name)
                     except FileNotFoundError:
                         continue
         except (FileNotFoundError, NotADirectoryError):
@@ -52,8 +53,8 @@ def _inside_roots(rules: PathRules, link: str) -> bool:
     return any(real.startswith(root + os.sep) for root in rules.roots)
 
 
-def needs_render(rules: PathRules, photo: str, st: os.stat_result) -> bool:
-    for target in rules.targets(photo):
+def needs_render(rules: PathRules, photo: str, st: os.stat_result, targets: tuple[Target, ...] | None = None) -> bool:
+    for target in targets if targets is not None else rules.targets(photo):
         try:
             if os.stat(target.path).st_mtime_ns != st.st_mtime_ns:
                 return True
@@ -144,14 +145,14 @@ class Scanner(threading.Thread):
         report = ScanReport(what)
         started = time.monotonic()
         for top in tops:
-            for photo, st in walk(rules, top):
+            for photo, st, targets in walk(rules, top):
                 if self.stop_event.is_set():
                     report.complete = False
                     break
                 report.found += 1
                 if self.failures.known(photo, st):
                     report.known_failed += 1
-                elif not needs_render(rules, photo, st):
+                elif not needs_render(rules, photo, st, targets):
                     report.skipped += 1
                 elif time.time() - st.st_mtime < self.settle_seconds:
                     # Possibly still being written: let the settler queue it once it stops changing.

@@ -7,7 +7,6 @@ workers' pipes and sentinels and a wake-up pipe, so an idle daemon sleeps in sel
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -18,12 +17,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserver
-
 from . import __version__, config as config_mod, logsetup
 from .config import Config, ConfigError
-from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
+from .events import Notice
 from .jobs import JobQueue
 from .paths import PathRules, shown, temp_path_for
 from .pool import PREFETCH, Death, Job, PoolBroken, Worker, WorkerPool
@@ -31,6 +27,7 @@ from .render import RenderSettings
 from .scan import Scanner, ScanReport, needs_render, remove_stale_temps
 from .state import STATUS, FailureStore, write_json_atomic
 from .systemd import Notifier
+from .watching import Watching
 
 logger = logging.getLogger("watcher")
 
@@ -99,11 +96,8 @@ class Service:
         self.exit_code = 0
         self.output_block: OutputBlock | None = None
         self.catchup_done = threading.Event()
-        self.inotify: InotifyObserver | None = None
-        self.polling: PollingObserver | None = None
-        self.watches: dict[str, tuple[object, object]] = {}
-        self.missing_roots: set[str] = set()
         self.scanner: Scanner | None = None
+        self.watching = Watching(config, self.rules, self.jobs, self.notice, self._rescan)
         self._last_periodic = 0.0
         self._last_status = 0.0
         self._last_watchdog = 0.0
@@ -163,10 +157,10 @@ class Service:
         self.scanner = Scanner(self.jobs, self.failures, lambda p: self.notice(("settle", p)), self._scan_done, cfg.watch.settle_seconds)
         self.scanner.start()
         if not self.one_shot:
-            self._start_observers()
+            self.watching.start()
         logger.info(
             "ready: watching %d folder(s) with %d workers%s",
-            len(self.watches), len(self.pool.workers), " (one-shot scan)" if self.one_shot else "",
+            len(self.watching.watches), len(self.pool.workers), " (one-shot scan)" if self.one_shot else "",
         )
         self._write_status("running", force=True)
         self.notifier.ready(self._status_line())
@@ -183,60 +177,6 @@ class Service:
             for death in deaths:
                 logger.error("worker exited pid=%s %s while starting", death.pid, describe_exit(death.exitcode))
             self.pool.replace_missing()
-
-    def _start_observers(self) -> None:
-        _OverflowWatch.install(lambda: self.notice(("overflow", "")))
-        mode = self.config.watch.observer
-        if mode != "polling":
-            self.inotify = InotifyObserver(generate_full_events=True)
-            self.inotify.name = "thumbwatch-inotify"
-            self.inotify.start()
-        for root in self.rules.roots:
-            self._watch(root)
-
-    def _handler(self, polling: bool) -> PhotoEventHandler:
-        return PhotoEventHandler(self.rules, self.jobs, self.notice, polling=polling)
-
-    def _polling_observer(self) -> PollingObserver:
-        if self.polling is None:
-            self.polling = PollingObserver(timeout=self.config.watch.poll_interval)
-            self.polling.name = "thumbwatch-polling"
-            self.polling.start()
-        return self.polling
-
-    def _watch(self, root: str) -> None:
-        if not os.path.isdir(root):
-            if root not in self.missing_roots:
-                logger.warning("watched folder %s does not exist; watching for it to appear", root)
-            self.missing_roots.add(root)
-            return
-        self.missing_roots.discard(root)
-        recursive = self.config.watch.recursive
-        if self.inotify is not None:
-            try:
-                watch = self.inotify.schedule(self._handler(False), root, recursive=recursive, event_filter=list(INOTIFY_EVENTS))
-                self.watches[root] = (self.inotify, watch)
-                return
-            except OSError as err:
-                if err.errno not in (errno.ENOSPC, errno.EMFILE):
-                    raise
-                logger.error(
-                    "cannot watch %s with inotify: %s (raise fs.inotify.max_user_watches / max_user_instances with sysctl); "
-                    "falling back to polling for this folder",
-                    root, err.strerror,
-                )
-        observer = self._polling_observer()
-        watch = observer.schedule(self._handler(True), root, recursive=recursive)
-        self.watches[root] = (observer, watch)
-
-    def _unwatch(self, root: str) -> None:
-        entry = self.watches.pop(root, None)
-        if entry is not None:
-            observer, watch = entry
-            try:
-                observer.unschedule(watch)  # type: ignore[attr-defined]
-            except (KeyError, OSError):
-                pass
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -501,10 +441,7 @@ class Service:
             elif kind == "deleted":
                 self._photo_deleted(path)
             elif kind == "dir-gone":
-                self._check_roots()
-            elif kind == "overflow" and self.scanner is not None:
-                logger.warning("the kernel's inotify queue overflowed and events were lost; rescanning the watched folders")
-                self.scanner.request("overflow rescan", self.rules.roots, self.rules)
+                self.watching.check()
 
     def _photo_deleted(self, path: str) -> None:
         self.jobs.discard(path)
@@ -538,6 +475,10 @@ class Service:
                 elif self.jobs.offer(path):
                     del self.settling[path]
 
+    def _rescan(self, what: str, tops: tuple[str, ...]) -> None:
+        if self.scanner is not None:
+            self.scanner.request(what, tops, self.rules)
+
     def _scan_done(self, report: ScanReport) -> None:
         text = "%s done: found=%d queued=%d skipped=%d failed_before=%d settling=%d in %.2f s"
         args = (report.what, report.found, report.queued, report.skipped, report.known_failed, report.settling, report.seconds)
@@ -556,8 +497,7 @@ class Service:
             logger.warning("queue was full and events were dropped; rescanning to find those photos")
             self.scanner.request("overflow rescan", self.rules.roots, self.rules)
         if not self.one_shot:
-            self._check_observers()
-            self._check_roots()
+            self.watching.check()
             interval = self.config.watch.rescan_interval
             if interval and now - self._last_rescan >= interval and self.scanner is not None:
                 self._last_rescan = now
@@ -599,49 +539,9 @@ class Service:
             logger.info("progress: done=%d failed=%d queued=%d in_flight=%d rate=%.1f/s eta=%s",
                         self.stats.done, self.stats.failed, len(self.jobs) + len(self.retry), len(self.pool.busy()), rate, eta)
 
-    def _check_observers(self) -> None:
-        for observer in (self.inotify, self.polling):
-            if observer is not None and not observer.is_alive() and not self.stopping:
-                logger.error("the file system observer thread died; restarting it and rescanning")
-                self._restart_observers()
-                return
-        if self.inotify is not None:
-            for root, (observer, watch) in list(self.watches.items()):
-                if observer is self.inotify and not self._emitter_alive(watch) and os.path.isdir(root):
-                    logger.error("inotify stopped watching %s; watching it again and rescanning", root)
-                    self._unwatch(root)
-                    self._watch(root)
-                    if self.scanner is not None:
-                        self.scanner.request("re-watch", (root,), self.rules)
-
-    def _emitter_alive(self, watch: object) -> bool:
-        emitter = getattr(self.inotify, "_emitter_for_watch", {}).get(watch)
-        return emitter is None or emitter.is_alive()
-
-    def _restart_observers(self) -> None:
-        self._stop_observers()
-        self.watches.clear()
-        self.inotify = self.polling = None
-        self._start_observers()
-        if self.scanner is not None:
-            self.scanner.request("rescan", self.rules.roots, self.rules)
-
-    def _check_roots(self) -> None:
-        for root in self.rules.roots:
-            present = os.path.isdir(root)
-            if root in self.watches and not present:
-                logger.warning("watched folder %s is gone; watching for it to come back", root)
-                self._unwatch(root)
-                self.missing_roots.add(root)
-            elif root in self.missing_roots and present:
-                logger.info("watched folder %s is back; watching it and catching up", root)
-                self._watch(root)
-                if self.scanner is not None:
-                    self.scanner.request("catch-up of returned folder", (root,), self.rules)
-
     def _status_line(self) -> str:
         return (
-            f"watching {len(self.watches)} folders, {len(self.pool.workers)} workers, "
+            f"watching {len(self.watching.watches)} folders, {len(self.pool.workers)} workers, "
             f"{self.stats.done} done, {self.stats.failed} failed, queue {len(self.jobs) + len(self.retry)}"
         )
 
@@ -654,7 +554,7 @@ class Service:
             "started": self.stats.started,
             "uptime": round(time.time() - self.stats.started, 1),
             "folders": list(self.rules.roots),
-            "missing_folders": sorted(self.missing_roots),
+            "missing_folders": sorted(self.watching.missing),
             "workers": self.pool.pids(),
             "done": self.stats.done,
             "failed": self.stats.failed,
@@ -699,20 +599,8 @@ class Service:
         self.config = new
         self.rules = PathRules(new)
         self.settings = RenderSettings(new.output, new.limits.max_pixels)
-        for root, (observer, watch) in list(self.watches.items()):
-            for handler in getattr(observer, "_handlers", {}).get(watch, ()):
-                if isinstance(handler, PhotoEventHandler):
-                    handler.rules = self.rules
-        old_roots, new_roots = set(map(str, old.watch.paths)), set(map(str, new.watch.paths))
-        for root in sorted(old_roots - new_roots):
-            self._unwatch(root)
-            self.missing_roots.discard(root)
-            logger.info("stopped watching %s", root)
-        for root in sorted(new_roots - old_roots):
-            if new.watch.create:
-                Path(root).mkdir(parents=True, exist_ok=True)
-            self._watch(root)
-            logger.info("now watching %s", root)
+        if not self.one_shot:
+            self.watching.update(new, self.rules)
         self.jobs.resize(new.workers.queue_size)
         self.pool.memory_limit_mb = new.limits.worker_memory_mb
         if new.workers.count != len([w for w in self.pool.workers if not w.retiring]):
@@ -737,7 +625,7 @@ class Service:
         logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_flight, waiting)
         self.pool.drain()  # first: from now on no worker starts a photo it wasn't already rendering
         self.notifier.stopping(f"draining: {in_flight} in flight")
-        self._stop_observers()
+        self.watching.stop()
         if self.scanner is not None:
             self.scanner.stop()
         deadline = time.monotonic() + self.config.workers.drain_timeout
@@ -771,40 +659,6 @@ class Service:
             self.stats.done, self.stats.failed, self.stats.skipped, self.stats.retried, time.time() - self.stats.started,
         )
         return self.exit_code
-
-    def _stop_observers(self) -> None:
-        for observer in (self.inotify, self.polling):
-            if observer is not None:
-                try:
-                    observer.stop()
-                    observer.join(5)
-                except Exception:
-                    logger.exception("stopping the observer failed")
-
-
-class _OverflowWatch(logging.Handler):
-    """watchdog reports an inotify queue overflow (IN_Q_OVERFLOW) only as a log warning; this
-    turns that warning into a rescan, so no photo is lost when the kernel drops events."""
-
-    _installed: "_OverflowWatch | None" = None
-
-    def __init__(self, callback):
-        super().__init__(logging.WARNING)
-        self.callback = callback
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.callback()
-
-    @classmethod
-    def install(cls, callback) -> None:
-        source = logging.getLogger("watchdog.observers.inotify_c")
-        if cls._installed is not None:
-            source.removeHandler(cls._installed)
-        cls._installed = cls(callback)
-        source.addHandler(cls._installed)
-        source.setLevel(logging.WARNING)  # even if "watchdog" as a whole is turned down
-
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     changes = []

@@ -1,0 +1,187 @@
+"""The producers' side: watchdog observers on the watched folders, and keeping them alive.
+
+inotify by default; a polling observer for folders inotify cannot watch (the kernel's watch
+limit) or when the config asks for polling (network mounts). A watched folder that disappears
+is unwatched and watched again when it comes back; a dead observer thread is restarted. Every
+re-watch asks for a rescan, since whatever happened meanwhile sent no event.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.polling import PollingObserver
+
+from .config import Config
+from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
+from .jobs import JobQueue
+from .paths import PathRules
+
+logger = logging.getLogger("watcher")
+
+Rescan = Callable[[str, tuple[str, ...]], None]
+
+
+class Watching:
+    def __init__(self, config: Config, rules: PathRules, jobs: JobQueue, notice: Callable[[Notice], None], rescan: Rescan):
+        self.config = config
+        self.rules = rules
+        self.jobs = jobs
+        self.notice = notice
+        self.rescan = rescan
+        self.inotify: InotifyObserver | None = None
+        self.polling: PollingObserver | None = None
+        self.watches: dict[str, tuple[object, object]] = {}
+        self.missing: set[str] = set()
+        self.stopping = False
+
+    def start(self) -> None:
+        _OverflowWatch.install(self._overflowed)
+        if self.config.watch.observer != "polling":
+            self.inotify = InotifyObserver(generate_full_events=True)
+            self.inotify.name = "thumbwatch-inotify"
+            self.inotify.start()
+        for root in self.rules.roots:
+            self.watch(root)
+
+    def _overflowed(self) -> None:
+        logger.warning("the kernel's inotify queue overflowed and events were lost; rescanning the watched folders")
+        self.rescan("overflow rescan", self.rules.roots)
+
+    def _handler(self, polling: bool) -> PhotoEventHandler:
+        return PhotoEventHandler(self.rules, self.jobs, self.notice, polling=polling)
+
+    def _polling_observer(self) -> PollingObserver:
+        if self.polling is None:
+            self.polling = PollingObserver(timeout=self.config.watch.poll_interval)
+            self.polling.name = "thumbwatch-polling"
+            self.polling.start()
+        return self.polling
+
+    def watch(self, root: str) -> None:
+        if not os.path.isdir(root):
+            if root not in self.missing:
+                logger.warning("watched folder %s does not exist; watching for it to appear", root)
+            self.missing.add(root)
+            return
+        self.missing.discard(root)
+        recursive = self.config.watch.recursive
+        if self.inotify is not None:
+            try:
+                watch = self.inotify.schedule(self._handler(False), root, recursive=recursive, event_filter=list(INOTIFY_EVENTS))
+                self.watches[root] = (self.inotify, watch)
+                return
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                logger.error(
+                    "cannot watch %s with inotify: %s (raise fs.inotify.max_user_watches / max_user_instances with sysctl); "
+                    "falling back to polling for this folder",
+                    root, err.strerror,
+                )
+        observer = self._polling_observer()
+        watch = observer.schedule(self._handler(True), root, recursive=recursive)
+        self.watches[root] = (observer, watch)
+
+    def unwatch(self, root: str) -> None:
+        entry = self.watches.pop(root, None)
+        if entry is not None:
+            observer, watch = entry
+            try:
+                observer.unschedule(watch)  # type: ignore[attr-defined]
+            except (KeyError, OSError):
+                pass
+
+    def update(self, config: Config, rules: PathRules) -> None:
+        """A reload: new rules for every handler, watched folders added and removed."""
+        old_roots, new_roots = set(self.rules.roots), set(rules.roots)
+        self.config, self.rules = config, rules
+        for observer, watch in self.watches.values():
+            for handler in getattr(observer, "_handlers", {}).get(watch, ()):
+                if isinstance(handler, PhotoEventHandler):
+                    handler.rules = rules
+        for root in sorted(old_roots - new_roots):
+            self.unwatch(root)
+            self.missing.discard(root)
+            logger.info("stopped watching %s", root)
+        for root in sorted(new_roots - old_roots):
+            if config.watch.create:
+                Path(root).mkdir(parents=True, exist_ok=True)
+            self.watch(root)
+            logger.info("now watching %s", root)
+
+    def check(self) -> None:
+        """The health check: observer threads alive, every folder watched, gone folders back."""
+        for observer in (self.inotify, self.polling):
+            if observer is not None and not observer.is_alive() and not self.stopping:
+                logger.error("the file system observer thread died; restarting it and rescanning")
+                self._restart()
+                return
+        if self.inotify is not None:
+            for root, (observer, watch) in list(self.watches.items()):
+                if observer is self.inotify and not self._emitter_alive(watch) and os.path.isdir(root):
+                    logger.error("inotify stopped watching %s; watching it again and rescanning", root)
+                    self.unwatch(root)
+                    self.watch(root)
+                    self.rescan("re-watch", (root,))
+        for root in self.rules.roots:
+            present = os.path.isdir(root)
+            if root in self.watches and not present:
+                logger.warning("watched folder %s is gone; watching for it to come back", root)
+                self.unwatch(root)
+                self.missing.add(root)
+            elif root in self.missing and present:
+                logger.info("watched folder %s is back; watching it and catching up", root)
+                self.watch(root)
+                self.rescan("catch-up of returned folder", (root,))
+
+    def _emitter_alive(self, watch: object) -> bool:
+        emitter = getattr(self.inotify, "_emitter_for_watch", {}).get(watch)
+        return emitter is None or emitter.is_alive()
+
+    def _restart(self) -> None:
+        self.stop()
+        self.stopping = False
+        self.watches.clear()
+        self.inotify = self.polling = None
+        self.start()
+        self.rescan("rescan", self.rules.roots)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for observer in (self.inotify, self.polling):
+            if observer is not None:
+                try:
+                    observer.stop()
+                    observer.join(5)
+                except Exception:
+                    logger.exception("stopping the observer failed")
+
+
+class _OverflowWatch(logging.Handler):
+    """watchdog reports an inotify queue overflow (IN_Q_OVERFLOW) only as a log warning; this
+    turns that warning into a rescan, so no photo is lost when the kernel drops events."""
+
+    _installed: "_OverflowWatch | None" = None
+
+    def __init__(self, callback: Callable[[], None]):
+        super().__init__(logging.WARNING)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.callback()
+
+    @classmethod
+    def install(cls, callback: Callable[[], None]) -> None:
+        source = logging.getLogger("watchdog.observers.inotify_c")
+        if cls._installed is not None:
+            source.removeHandler(cls._installed)
+        cls._installed = cls(callback)
+        source.addHandler(cls._installed)
+        source.setLevel(logging.WARNING)  # even if "watchdog" as a whole is turned down
