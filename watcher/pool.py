@@ -56,6 +56,7 @@ class Worker:
     jobs: deque = field(default_factory=deque)  # jobs[0] is in hand; the rest wait in its pipe
     started: float = 0.0  # when the photo in hand was started
     retiring: bool = False
+    settings: Any = None  # the render settings this worker was last sent
 
     @property
     def pid(self) -> int:
@@ -128,7 +129,12 @@ class WorkerPool:
     def waitables(self) -> list[Any]:
         return [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
 
-    def assign(self, worker: Worker, job: Job, payload: tuple) -> None:
+    def assign(self, worker: Worker, job: Job, payload: tuple, settings: Any) -> None:
+        """Send a job; the render settings go along only when they changed (a reload), not
+        pickled with every photo."""
+        if worker.settings is not settings:
+            worker.conn.send(("settings", settings))
+            worker.settings = settings
         if not worker.jobs:
             worker.started = time.monotonic()
         worker.jobs.append(job)

@@ -293,7 +293,7 @@ class Service:
                     block.probing = False
                 return
             targets = self.rules.targets(job.path)
-            self.pool.assign(worker, job, (job.id, job.path, targets, self.settings))
+            self.pool.assign(worker, job, (job.id, job.path, targets), self.settings)
             if block is not None:
                 return
 

@@ -11,12 +11,17 @@ import logging
 import os
 import resource
 import signal
+import tempfile
 import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .render import OutputError, PhotoVanished, RenderError, render
+from PIL import Image
+
+from .config import OutputConfig, SizeSpec
+from .paths import Target
+from .render import OutputError, PhotoVanished, RenderError, RenderSettings, render
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,9 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    warm_up()
     conn.send(("hello", os.getpid()))
+    settings = None
     while True:
         try:
             job = conn.recv()
@@ -40,10 +47,13 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
             return
         if job is None:
             return
+        if job[0] == "settings":
+            settings = job[1]
+            continue
         if draining.is_set():
             conn.send(("skipped", job[0], None, 0.0))  # not started: the next start finds it
             continue
-        conn.send(run_job(*job))
+        conn.send(run_job(*job, settings))
 
 
 def run_job(job_id: int, src: str, targets: Any, settings: Any) -> tuple:
@@ -65,6 +75,19 @@ def run_job(job_id: int, src: str, targets: Any, settings: Any) -> tuple:
         return ("failed", job_id, "out of memory (raise limits.worker_memory_mb?)", ms())
     except Exception:
         return ("bug", job_id, traceback.format_exc(), ms())
+
+
+def warm_up() -> None:
+    """Pay Pillow's first-use costs (plugins, decoder and encoder set-up, ~20 ms) before saying
+    hello, not on the first photo: that photo's latency is what a user notices."""
+    with tempfile.TemporaryDirectory(prefix="thumbwatch-warm-") as folder:
+        sample = os.path.join(folder, "warm.jpg")
+        Image.new("RGB", (64, 48), (90, 120, 150)).save(sample, "JPEG")
+        size = SizeSpec("warm", 16, 16)
+        try:
+            render(sample, [Target(size, os.path.join(folder, "out", "warm.jpg"))], RenderSettings(OutputConfig(sizes=(size,)), 10_000))
+        except RenderError as err:
+            logger.warning("worker warm-up failed: %s", err)
 
 
 def _forward_logs(conn: Connection) -> None:
