@@ -108,7 +108,7 @@ def write_config(path: Path, text: str) -> Path:
 class Daemon:
     """`python -m watcher run` as a subprocess in its own session, with its log captured line by line."""
 
-    def __init__(self, config: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run", launcher: tuple[str, ...] = ("-m", "watcher")):
+    def __init__(self, config: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run", launcher: tuple[str, ...] = ("-m", "watcher"), prefix: tuple[str, ...] = ()):
         self.config = config
         full_env = dict(os.environ)
         full_env.pop("JOURNAL_STREAM", None)
@@ -117,7 +117,7 @@ class Daemon:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, *launcher, command, "--config", str(config), *args],
+            [*prefix, sys.executable, *launcher, command, "--config", str(config), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,

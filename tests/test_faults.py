@@ -357,3 +357,52 @@ def test_shared_corpus_through_the_daemon(project, start_daemon):
     assert not daemon.matching("Traceback|bug while rendering"), daemon.text()
     with Image.open(thumb(project, "pillow_hopper_orientation_6.jpg")) as rotated, Image.open(thumb(project, "pillow_hopper.jpg")) as upright:
         assert rotated.size == upright.size
+
+
+def test_unreadable_photo_fails_with_permission_denied(project, start_daemon):
+    """Root reads everything, so as root the daemon runs without the capabilities that let it."""
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a file unreadable to the daemon")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ("setpriv", "--bounding-set", drop, "--inh-caps", drop)
+    make_jpeg(project / "photos" / "secret.jpg")
+    os.chmod(project / "photos" / "secret.jpg", 0o000)
+    make_jpeg(project / "photos" / "open.jpg")
+    daemon = start_daemon(prefix=prefix)
+    line = daemon.wait_log(r"failed \S*secret\.jpg: ", timeout=30)[0]
+    assert "permission denied" in line, line
+    wait_for(thumb(project, "open.jpg").exists, 20, message="the readable photo")
+    assert not daemon.matching("Traceback")
+
+
+@pytest.fixture
+def tiny_inotify_queue():
+    """Lower fs.inotify.max_queued_events while the daemon creates its inotify instance (the
+    limit is fixed at creation), and restore it at once: a real kernel queue overflow."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        old = knob.read_text()
+        knob.write_text("16\n")
+    except OSError as err:
+        pytest.skip(f"cannot lower fs.inotify.max_queued_events here: {err.strerror}")
+    try:
+        yield
+    finally:
+        knob.write_text(old)
+
+
+def test_kernel_inotify_queue_overflow_triggers_a_rescan(project, start_daemon, tmp_path, tiny_inotify_queue):
+    staging = tmp_path / "staging"
+    names = [f"ov{i:03d}.jpg" for i in range(300)]
+    data = jpeg_bytes(48, 32)
+    staging.mkdir()
+    for name in names:
+        (staging / name).write_bytes(data)
+    daemon = start_daemon()
+    daemon.wait_ready()
+    move_in(staging, names, project)
+    daemon.wait_log(r"inotify queue overflowed and events were lost; rescanning", timeout=30)
+    for name in names:
+        wait_for(thumb(project, name).exists, 60, message=name)
