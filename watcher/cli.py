@@ -82,11 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    config = _load(args)
-    service_code = _serve(config, one_shot=True)
-    if service_code:
-        return service_code
-    return 0
+    return _serve(_load(args), one_shot=True)
 
 
 def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = None) -> int:

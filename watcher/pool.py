@@ -44,6 +44,7 @@ class Job:
     path: str
     size: int
     mtime_ns: int
+    targets: tuple = ()  # the photo's thumbnails (paths.Target), worked out once
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
 

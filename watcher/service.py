@@ -267,7 +267,8 @@ class Service:
             # Samba and some uploaders create an empty file, close it, then write: wait and see.
             self.notice(("settle", path))
             return None
-        if not needs_render(self.rules, path, st):
+        targets = self.rules.targets(path)
+        if not needs_render(self.rules, path, st, targets):
             logger.debug("skipped (thumbnails up to date): %s", shown(path))
             self.stats.skipped += 1
             return None
@@ -276,7 +277,7 @@ class Service:
             if not any(real.startswith(root + os.sep) for root in self.rules.roots):
                 self._fail(path, st, "symlink to a file outside the watched folders (watch.follow_symlinks is off)")
                 return None
-        return Job(next(self.job_ids), path, st.st_size, st.st_mtime_ns)
+        return Job(next(self.job_ids), path, st.st_size, st.st_mtime_ns, targets)
 
     def _dispatch(self) -> None:
         if self.stopping:
@@ -292,8 +293,7 @@ class Service:
                 if block is not None:
                     block.probing = False
                 return
-            targets = self.rules.targets(job.path)
-            self.pool.assign(worker, job, (job.id, job.path, targets), self.settings)
+            self.pool.assign(worker, job, (job.id, job.path, job.targets), self.settings)
             if block is not None:
                 return
 
@@ -387,7 +387,7 @@ class Service:
         """A killed worker may leave a temp output behind: it is ours by name, remove it."""
         if job is None:
             return
-        for target in self.rules.targets(job.path):
+        for target in job.targets:
             try:
                 os.unlink(temp_path_for(target.path, pid))
             except OSError:
