@@ -33,14 +33,25 @@ def median_of(repeats: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
 
+def _warm(fn, job, ready) -> None:
+    fn(job)
+    ready.wait()
+
+
+def _warm_pool(fn, job: tuple[str, str]):
+    """2 forked processes that have each run `fn` once (imports, library set-up, first-call
+    costs: libvips starts its thread pool then) before the clock starts: fair to every method."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Barrier(3)
+    pool = ctx.Pool(2, initializer=_warm, initargs=(fn, job, ready))
+    ready.wait(timeout=120)
+    return pool
+
+
 def pool_rate(fn, paths: list[Path], out: Path) -> float:
     """Images per second for `fn` over `paths` in 2 processes (chunks of 4, like Pool.map)."""
-    shutil.rmtree(out, ignore_errors=True)
-    for sub in ("", *(s.name for s in methods.THREE_SIZES)):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(p), str(out)) for p in paths]
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        pool.map(methods.decode_floor, jobs[:2])  # both workers up and warm before the clock starts
+    jobs = _jobs(paths, out)
+    with _warm_pool(fn, jobs[0]) as pool:
         start = time.perf_counter()
         pool.map(fn, jobs, chunksize=4)
         return len(paths) / (time.perf_counter() - start)
@@ -48,15 +59,18 @@ def pool_rate(fn, paths: list[Path], out: Path) -> float:
 
 def bare_loop_rate(fn, paths: list[Path], out: Path) -> float:
     """A bare loop in each of 2 processes over its half of the photos: no queue, no watching."""
-    shutil.rmtree(out, ignore_errors=True)
-    for sub in (s.name for s in methods.THREE_SIZES):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(p), str(out)) for p in paths]
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        pool.map(methods.decode_floor, jobs[:2])
+    jobs = _jobs(paths, out)
+    with _warm_pool(fn, jobs[0]) as pool:
         start = time.perf_counter()
         pool.map(fn, jobs, chunksize=(len(jobs) + 1) // 2)
         return len(paths) / (time.perf_counter() - start)
+
+
+def _jobs(paths: list[Path], out: Path) -> list[tuple[str, str]]:
+    shutil.rmtree(out, ignore_errors=True)
+    for sub in ("", *(s.name for s in methods.THREE_SIZES)):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return [(str(p), str(out)) for p in paths]
 
 
 def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict) -> float:
@@ -70,13 +84,14 @@ def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict) -> floa
     daemon = BenchDaemon(WORK, photos, boxes)
     try:
         daemon.wait_line(r"catch-up done")
-        last = photos / "thumbs" / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
+        before = daemon.done
         start = time.perf_counter()
         for p in paths:
             os.rename(staging / p.name, photos / p.name)
-        while count_files(last) < len(paths):
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - start
+        elapsed = daemon.wait_done(before + len(paths)) - start
+        last = photos / "thumbs" / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
+        if count_files(last) != len(paths):
+            raise RuntimeError(f"{count_files(last)} thumbnails in {last}, expected {len(paths)}")
         workers = daemon.status()["workers"]
         result.setdefault("worker_peak_rss_mb", []).extend(round(vm_kb(pid) / 1024, 1) for pid in workers)
         return len(paths) / elapsed
@@ -125,22 +140,31 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
     info = results.setdefault("throughput", {})
     info["photos_12mp"] = {"count": len(twelve), "mean_mb": round(sum(p.stat().st_size for p in twelve) / len(twelve) / 1e6, 2)}
     for label, paths in (("12mp", twelve), ("2mp", two)):
-        rates: dict[str, float] = {}
-        mem: dict = {}
-        rates["decode_floor"] = median_of(repeats, lambda: pool_rate(methods.decode_floor, paths, out))
-        rates["classic_pool_map"] = median_of(repeats, lambda: pool_rate(methods.classic, paths, out))
-        rates["bare_render_1size"] = median_of(repeats, lambda: bare_loop_rate(methods.render_one, paths, out))
-        rates["bare_render_3sizes"] = median_of(repeats, lambda: bare_loop_rate(methods.render_three, paths, out))
-        if methods.pyvips_available():
-            rates["pyvips_thumbnail"] = median_of(repeats, lambda: pool_rate(methods.pyvips_thumbnail, paths, out))
         one_mem: dict = {}
-        rates["daemon_1size"] = median_of(repeats, lambda: daemon_rate(paths, (256,), one_mem))
         three_mem: dict = {}
-        rates["daemon_3sizes"] = median_of(repeats, lambda: daemon_rate(paths, (1024, 512, 256), three_mem))
+        methods_ = {
+            "decode_floor": lambda: pool_rate(methods.decode_floor, paths, out),
+            "classic_pool_map": lambda: pool_rate(methods.classic, paths, out),
+            "bare_render_1size": lambda: bare_loop_rate(methods.render_one, paths, out),
+            "bare_render_3sizes": lambda: bare_loop_rate(methods.render_three, paths, out),
+            "pyvips_thumbnail": lambda: pool_rate(methods.pyvips_thumbnail, paths, out),
+            "daemon_1size": lambda: daemon_rate(paths, (256,), one_mem),
+            "daemon_3sizes": lambda: daemon_rate(paths, (1024, 512, 256), three_mem),
+        }
+        if not methods.pyvips_available():
+            del methods_["pyvips_thumbnail"]
+        # Rounds of every method, not every repeat of one method in a row: this shared box
+        # drifts by several percent over minutes, and a drift must hit all methods alike.
+        samples: dict[str, list[float]] = {name: [] for name in methods_}
+        for _ in range(repeats):
+            for name, measure in methods_.items():
+                samples[name].append(measure())
+        rates = {name: statistics.median(values) for name, values in samples.items()}
         if label == "12mp":
             mem = {"one_size": max(one_mem["worker_peak_rss_mb"]), "three_sizes": max(three_mem["worker_peak_rss_mb"])}
             results.setdefault("memory", {})["worker_peak_rss_mb_12mp"] = mem
         info[label] = {k: round(v, 1) for k, v in rates.items()}
+        info[label + "_samples"] = {k: [round(v, 1) for v in values] for k, values in samples.items()}
     results["orientation"] = orientation_check(twelve, out)
     results["pyvips"] = methods.pyvips_available()
 

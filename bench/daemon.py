@@ -19,7 +19,7 @@ output:
   sizes: {sizes}
 workers: {{count: 2, queue_size: {queue}}}
 state: {{dir: "{state}"}}
-log: {{level: info, photos: debug, progress_interval: 0}}
+log: {{level: info, photos: info, progress_interval: 0}}
 """
 
 
@@ -41,13 +41,33 @@ class BenchDaemon:
             env={k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")},
         )
         self.lines: list[tuple[float, str]] = []
+        # "ok" lines, counted as they arrive so a run's end is waited for, not polled for: a
+        # poller would take CPU from the workers being measured.
+        self.done = 0
+        self._done_changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
-            self.lines.append((time.perf_counter(), raw.decode("utf-8", "replace").rstrip()))
+            when = time.perf_counter()
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append((when, line))
+            if " ok " in line:
+                with self._done_changed:
+                    self.done += 1
+                    self.done_at = when
+                    self._done_changed.notify_all()
+
+    def wait_done(self, count: int, timeout: float = 600) -> float:
+        """When the daemon logged its `count`-th thumbnailed photo (lines come after the rename)."""
+        with self._done_changed:
+            if not self._done_changed.wait_for(lambda: self.done >= count or self.proc.poll() is not None, timeout):
+                raise RuntimeError(f"only {self.done} of {count} photos done after {timeout} s")
+            if self.done < count:
+                raise RuntimeError(f"daemon exited after {self.done} of {count} photos")
+            return self.done_at
 
     def wait_line(self, pattern: str, timeout: float = 120) -> tuple[float, re.Match]:
         rx = re.compile(pattern)
