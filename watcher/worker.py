@@ -7,6 +7,7 @@ poison pill (None), or when the master's end of the pipe closes (the master died
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -37,6 +38,7 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
     if memory_limit_mb:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    keep_freed_memory()
     warm_up()
     conn.send(("hello", os.getpid()))
     settings = None
@@ -75,6 +77,29 @@ def run_job(job_id: int, src: str, targets: Any, settings: Any) -> tuple:
         return ("failed", job_id, "out of memory (raise limits.worker_memory_mb?)", ms())
     except Exception:
         return ("bug", job_id, traceback.format_exc(), ms())
+
+
+# glibc's mallopt() parameters
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> None:
+    """Have glibc reuse the memory one photo freed for the next instead of handing it back.
+
+    By default glibc serves big blocks with mmap and trims the heap top, with thresholds that
+    move with the allocation history: in a worker that can mean every decoded image is
+    page-faulted in afresh, ~3,900 faults and 7 ms more per 2 MP photo at three sizes (27 ms
+    instead of 20). Fixed thresholds make it the same every time: Pillow's blocks (at most
+    16 MB) come from the heap, and up to 64 MB of it may stay free between photos; peak RSS is
+    unchanged. Elsewhere than glibc mallopt() is missing or a no-op.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def warm_up() -> None:
