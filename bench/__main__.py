@@ -73,15 +73,20 @@ def _jobs(paths: list[Path], out: Path) -> list[tuple[str, str]]:
     return [(str(p), str(out)) for p in paths]
 
 
-def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict) -> float:
-    """A backlog moved into the watched folder of a running daemon: first move to last thumbnail."""
+def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict, outside: bool = False) -> float:
+    """A backlog moved into the watched folder of a running daemon: first move to last thumbnail.
+
+    Thumbnails go where the default config puts them, inside the watched folder, unless
+    `outside`: then the observer is not woken by the four inotify events of each output.
+    """
     shutil.rmtree(WORK, ignore_errors=True)
     staging, photos = WORK / "staging", WORK / "photos"
     staging.mkdir(parents=True)
     photos.mkdir()
     for p in paths:
         os.link(p, staging / p.name)
-    daemon = BenchDaemon(WORK, photos, boxes)
+    thumbs = WORK / "thumbs-outside" if outside else photos / "thumbs"
+    daemon = BenchDaemon(WORK, photos, boxes, output=str(thumbs) if outside else "thumbs")
     try:
         daemon.wait_line(r"catch-up done")
         before = daemon.done
@@ -89,7 +94,7 @@ def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict) -> floa
         for p in paths:
             os.rename(staging / p.name, photos / p.name)
         elapsed = daemon.wait_done(before + len(paths)) - start
-        last = photos / "thumbs" / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
+        last = thumbs / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
         if count_files(last) != len(paths):
             raise RuntimeError(f"{count_files(last)} thumbnails in {last}, expected {len(paths)}")
         workers = daemon.status()["workers"]
@@ -150,6 +155,7 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
             "pyvips_thumbnail": lambda: pool_rate(methods.pyvips_thumbnail, paths, out),
             "daemon_1size": lambda: daemon_rate(paths, (256,), one_mem),
             "daemon_3sizes": lambda: daemon_rate(paths, (1024, 512, 256), three_mem),
+            "daemon_1size_thumbs_outside": lambda: daemon_rate(paths, (256,), {}, outside=True),
         }
         if not methods.pyvips_available():
             del methods_["pyvips_thumbnail"]

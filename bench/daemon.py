@@ -15,7 +15,7 @@ from pathlib import Path
 CONFIG = """\
 watch: {{paths: ["{photos}"], recursive: true, create: true, rescan_interval: 0}}
 output:
-  dir: thumbs
+  dir: "{output}"
   sizes: {sizes}
 workers: {{count: 2, queue_size: {queue}}}
 state: {{dir: "{state}"}}
@@ -28,12 +28,12 @@ def size_list(boxes: tuple[int, ...]) -> str:
 
 
 class BenchDaemon:
-    def __init__(self, workdir: Path, photos: Path, boxes: tuple[int, ...], queue: int = 1000):
+    def __init__(self, workdir: Path, photos: Path, boxes: tuple[int, ...], queue: int = 1000, output: str = "thumbs"):
         self.workdir = workdir
         self.state = workdir / "state"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "config.yaml"
-        self.config.write_text(CONFIG.format(photos=photos, sizes=size_list(boxes), queue=queue, state=self.state))
+        self.config.write_text(CONFIG.format(photos=photos, sizes=size_list(boxes), queue=queue, state=self.state, output=output))
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watcher", "run", "--config", str(self.config)],
