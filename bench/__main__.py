@@ -22,6 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from watcher.worker import keep_freed_memory
+
 from . import corpus, methods
 from .daemon import BenchDaemon, count_files, cpu_ticks, vm_kb
 
@@ -350,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    # The allocator settings of the daemon's workers, for this process and every process it
+    # forks: all methods run alike, and none at the mercy of glibc's moving thresholds.
+    keep_freed_memory()
     repeats = 1 if args.quick else args.repeats
     n12, n2, nlat, ncatch, nburst = (24, 24, 10, 10_000, 2_000) if args.quick else (200, 200, 50, 100_000, 20_000)
     results: dict = {
