@@ -133,11 +133,13 @@ def test_detail_finer_than_every_size_averages_out_instead_of_aliasing(tmp_path)
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_comes_out_upright(tmp_path, orientation):
     src = make_jpeg(tmp_path / "p.jpg", 400, 300, orientation=orientation)
-    (thumb,) = run(src, tmp_path / "out", size(width=100, height=100), size("fill", 60, 60, mode="fill"))[:1]
-    assert thumb.size == (100, 75)
-    assert is_red(corner_colour(thumb, "tl")), corner_colour(thumb, "tl")
-    assert is_blue(corner_colour(thumb, "br"))
-    assert thumb.getexif().get(0x0112) in (None, 1)
+    # the largest size is turned upright; the others are cascaded from it, one cropped
+    thumbs = run(src, tmp_path / "out", size("l", 200, 200), size("m", 100, 100), size("fill", 60, 60, mode="fill"))
+    assert [t.size for t in thumbs] == [(200, 150), (100, 75), (60, 60)]
+    for thumb in thumbs:
+        assert is_red(corner_colour(thumb, "tl")), (thumb.size, corner_colour(thumb, "tl"))
+        assert is_blue(corner_colour(thumb, "br")), (thumb.size, corner_colour(thumb, "br"))
+        assert thumb.getexif().get(0x0112) in (None, 1)
 
 
 def test_result_reports_the_upright_size(tmp_path):

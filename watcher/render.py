@@ -3,8 +3,8 @@
 The cost of a thumbnail is decoding the photo, so a JPEG is decoded once, with libjpeg's DCT
 scaling at the smallest 1/2, 1/4 or 1/8 scale that still covers the largest size; every size is
 then resampled from the smallest image already made that covers it, largest size first
-(see _resample for the filters). Orientation, colour conversion and cropping are done on the
-small images, where they are cheap.
+(see _resample for the filters). Colour conversion and turning upright are done once, on the
+largest size; cropping on each size.
 
 Each output is written to a hidden temp name in its final folder, stamped with the photo's
 mtime (which is how a later stat-only scan knows it is up to date), then renamed into place.
@@ -200,24 +200,26 @@ def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_resu
     if output.style == "freedesktop":
         fd_info = freedesktop.text_chunks(src, st, MIME.get(im.format or "", "application/octet-stream"), upright)
 
-    made: list[Image.Image] = []  # colour-converted, still in stored orientation, largest first
+    made: list[Image.Image] = []  # colour-converted and upright, largest first
     outputs = []
     for plan in plans:
-        size = (plan.scaled[1], plan.scaled[0]) if swap else plan.scaled
-        # resample from the smallest image made so far that covers this size, else the decoded one
-        covering = [m for m in made if m.width >= size[0] and m.height >= size[1]]
-        source = covering[-1] if covering else work
-        src_box = box if source is work else None
-        scaled = _resample(source, size, src_box)
-        if source is work:
+        # resample from the smallest image made so far that covers this size, else the decoded
+        # one (in stored orientation: it is turned after scaling, where that is cheap)
+        covering = [m for m in made if m.width >= plan.scaled[0] and m.height >= plan.scaled[1]]
+        if covering:
+            scaled = _resample(covering[-1], plan.scaled, None)
+        else:
+            scaled = _resample(work, (plan.scaled[1], plan.scaled[0]) if swap else plan.scaled, box)
             scaled = scaled if keep_profile else colour.to_srgb(scaled, profile)
             if scaled.mode == "CMYK":
                 scaled = scaled.convert("RGB")
+            if orientation in UPRIGHT:
+                scaled = scaled.transpose(UPRIGHT[orientation])
             if scaled is work:
                 scaled = work.copy()  # never hand the decoded image (and its info) to the writer
         if not plan.upscaled:
             made.append(scaled)
-        thumb = scaled.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else scaled
+        thumb = scaled
         if plan.box is not None:
             thumb = thumb.crop(plan.box)
         _write(thumb, plan.target, output, st, metadata, fd_info)
