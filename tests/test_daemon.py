@@ -300,3 +300,44 @@ def test_a_worker_reuses_freed_image_memory_instead_of_faulting_it_in_for_every_
         wait_for(thumb(project, f"s/{name}").exists, 20, message=name)
     per_photo = (minor_faults(worker) - before) / len(names[3:])
     assert per_photo < 300, f"{per_photo:.0f} page faults per photo"
+
+
+def inotify_watched_inodes(pid: int) -> set[int]:
+    """The inodes of every folder the process holds an inotify watch on, as the kernel says."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        inodes.update(int(m.group(1), 16) for m in re.finditer(r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE))
+    return inodes
+
+
+def inodes(*paths: Path) -> set[int]:
+    return {p.stat().st_ino for p in paths}
+
+
+def test_thumbnail_folders_inside_the_watched_tree_take_no_inotify_watch(project, start_daemon):
+    # each thumbnail written in a watched folder would wake the observer four times, and each
+    # thumbnail folder would use one more of the user's inotify watches
+    daemon = start_daemon()
+    daemon.wait_ready()
+    photos, thumbs = project / "photos", project / "photos" / "thumbs"
+    make_jpeg(photos / "a" / "b" / "p.jpg")
+    wait_thumb(project, "a/b/p.jpg")
+    make_jpeg(photos / "a" / "b" / "q.jpg")  # a/b is watched: this one comes by its event
+    wait_thumb(project, "a/b/q.jpg")
+    watched = inotify_watched_inodes(daemon.proc.pid)
+    assert inodes(photos, photos / "a", photos / "a" / "b") <= watched
+    assert not inodes(thumbs, thumbs / "a", thumbs / "a" / "b") & watched
+
+    # a reload that moves the output: the old thumbnail folders are ordinary folders now
+    edit_config(project, "output:\n", "output:\n  dir: previews\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(r"reloaded .*output\.dir")
+    make_jpeg(photos / "a" / "r.jpg")
+    wait_for((photos / "previews" / "a" / "r.jpg").exists, 20, message="thumbnail in the new output folder")
+    watched = inotify_watched_inodes(daemon.proc.pid)
+    assert inodes(photos / "a", thumbs, thumbs / "a") <= watched
+    assert not inodes(photos / "previews", photos / "previews" / "a") & watched

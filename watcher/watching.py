@@ -4,6 +4,10 @@ inotify by default; a polling observer for folders inotify cannot watch (the ker
 limit) or when the config asks for polling (network mounts). A watched folder that disappears
 is unwatched and watched again when it comes back; a dead observer thread is restarted. Every
 re-watch asks for a rescan, since whatever happened meanwhile sent no event.
+
+Our own output trees are not watched with inotify (see _output_blind_observer): each thumbnail
+written there would otherwise wake the observer four times, and every thumbnail folder would
+take one more of the user's inotify watches.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Watching:
     def start(self) -> None:
         _OverflowWatch.install(self._overflowed)
         if self.config.watch.observer != "polling":
-            self.inotify = InotifyObserver(generate_full_events=True)
+            self.inotify = _output_blind_observer(lambda path: self.rules.is_output(os.fsdecode(path)))
             self.inotify.name = "thumbwatch-inotify"
             self.inotify.start()
         for root in self.rules.roots:
@@ -100,6 +104,7 @@ class Watching:
     def update(self, config: Config, rules: PathRules) -> None:
         """A reload: new rules for every handler, watched folders added and removed."""
         old_roots, new_roots = set(self.rules.roots), set(rules.roots)
+        outputs_moved = (self.rules.output_roots, self.config.output.style) != (rules.output_roots, config.output.style)
         self.config, self.rules = config, rules
         for observer, watch in self.watches.values():
             for handler in getattr(observer, "_handlers", {}).get(watch, ()):
@@ -114,6 +119,12 @@ class Watching:
                 Path(root).mkdir(parents=True, exist_ok=True)
             self.watch(root)
             logger.info("now watching %s", root)
+        if outputs_moved and self.inotify is not None:
+            # the old output folders are plain folders now, and unwatched: watch afresh (the
+            # reload's rescan finds whatever arrived meanwhile)
+            for root in sorted((old_roots & new_roots) - self.missing):
+                self.unwatch(root)
+                self.watch(root)
 
     def check(self) -> None:
         """The health check: observer threads alive, every folder watched, gone folders back."""
@@ -161,6 +172,40 @@ class Watching:
                     observer.join(5)
                 except Exception:
                     logger.exception("stopping the observer failed")
+
+
+def _output_blind_observer(skip: Callable[[bytes], bool]) -> InotifyObserver:
+    """watchdog's inotify observer, except that it puts no watch on a folder for which `skip`
+    is true (below a watched folder's top; new ones included).
+
+    watchdog has no option for this, so it is done through a method of its watch group that
+    is not public (watchdog 7). With any other watchdog the stock observer is used: everything
+    still works, the thumbnails' own events are just filtered later, by the event handler.
+    """
+    observer = InotifyObserver(generate_full_events=True)
+    try:
+        from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
+    except ImportError:
+        return observer
+    if not (callable(getattr(InotifyWatchGroup, "_add_callback", None)) and "_inotify_fd" in InotifyWatchGroup.__annotations__
+            and getattr(observer, "_emitter_class", None) is InotifyFullEmitter):
+        return observer
+
+    class Group(InotifyWatchGroup):
+        def _add_callback(self, path: bytes) -> None:
+            if path != self.path and skip(path):
+                return
+            super()._add_callback(path)
+
+    class Emitter(InotifyFullEmitter):
+        def on_thread_start(self) -> None:  # InotifyEmitter's, with our group
+            self._inotify = Group(
+                self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(), follow_symlink=self.watch.follow_symlink,
+            )
+
+    observer._emitter_class = Emitter
+    return observer
 
 
 class _OverflowWatch(logging.Handler):
