@@ -78,8 +78,8 @@ def _jobs(paths: list[Path], out: Path) -> list[tuple[str, str]]:
 def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict, outside: bool = False) -> float:
     """A backlog moved into the watched folder of a running daemon: first move to last thumbnail.
 
-    Thumbnails go where the default config puts them, inside the watched folder, unless
-    `outside`: then the observer is not woken by the four inotify events of each output.
+    Thumbnails go where the default config puts them, inside the watched folder (which the
+    observer leaves unwatched), or with `outside` into a separate tree: the two should match.
     """
     shutil.rmtree(WORK, ignore_errors=True)
     staging, photos = WORK / "staging", WORK / "photos"
@@ -92,10 +92,13 @@ def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict, outside
     try:
         daemon.wait_line(r"catch-up done")
         before = daemon.done
+        main_ticks = cpu_ticks([daemon.proc.pid])
         start = time.perf_counter()
         for p in paths:
             os.rename(staging / p.name, photos / p.name)
         elapsed = daemon.wait_done(before + len(paths)) - start
+        main_ms = (cpu_ticks([daemon.proc.pid]) - main_ticks) * 1000 / os.sysconf("SC_CLK_TCK") / len(paths)
+        result.setdefault("main_cpu_ms_per_photo", []).append(main_ms)
         last = thumbs / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
         if count_files(last) != len(paths):
             raise RuntimeError(f"{count_files(last)} thumbnails in {last}, expected {len(paths)}")
@@ -149,6 +152,7 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
     for label, paths in (("12mp", twelve), ("2mp", two)):
         one_mem: dict = {}
         three_mem: dict = {}
+        outside: dict = {}
         methods_ = {
             "decode_floor": lambda: pool_rate(methods.decode_floor, paths, out),
             "classic_pool_map": lambda: pool_rate(methods.classic, paths, out),
@@ -157,7 +161,7 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
             "pyvips_thumbnail": lambda: pool_rate(methods.pyvips_thumbnail, paths, out),
             "daemon_1size": lambda: daemon_rate(paths, (256,), one_mem),
             "daemon_3sizes": lambda: daemon_rate(paths, (1024, 512, 256), three_mem),
-            "daemon_1size_thumbs_outside": lambda: daemon_rate(paths, (256,), {}, outside=True),
+            "daemon_1size_thumbs_outside": lambda: daemon_rate(paths, (256,), outside, outside=True),
         }
         if not methods.pyvips_available():
             del methods_["pyvips_thumbnail"]
@@ -173,6 +177,11 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
             results.setdefault("memory", {})["worker_peak_rss_mb_12mp"] = mem
         info[label] = {k: round(v, 1) for k, v in rates.items()}
         info[label + "_samples"] = {k: [round(v, 1) for v in values] for k, values in samples.items()}
+        # the daemon's main process: observer threads, queue, dispatch, logging (10 ms ticks)
+        info[label + "_main_cpu_ms_per_photo"] = {
+            "thumbs_inside": round(statistics.median(one_mem["main_cpu_ms_per_photo"]), 2),
+            "thumbs_outside": round(statistics.median(outside["main_cpu_ms_per_photo"]), 2),
+        }
     results["orientation"] = orientation_check(twelve, out)
     results["pyvips"] = methods.pyvips_available()
 
@@ -330,6 +339,9 @@ def report(r: dict) -> str:
         lines.append(f"  {'method':34s} {'img/s':>7s} {'× bare render':>14s}")
         for name, rate in t.items():
             lines.append(f"  {name:34s} {rate:7.1f} {rate / base:14.2f}")
+        cpu = r["throughput"].get(label + "_main_cpu_ms_per_photo")
+        if cpu:
+            lines.append("  daemon main process CPU per photo (ms): " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
         lines.append("")
     if "render_ms_per_image" in r:
         lines.append("in-process, ms per 12 MP image: " + ", ".join(f"{k} {v}" for k, v in r["render_ms_per_image"].items()))
