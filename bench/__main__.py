@@ -50,22 +50,18 @@ def _warm_pool(fn, job: tuple[str, str]):
     return pool
 
 
-def pool_rate(fn, paths: list[Path], out: Path) -> float:
+def pool_rate(fn, paths: list[Path], out: Path, chunksize: int = 4) -> float:
     """Images per second for `fn` over `paths` in 2 processes (chunks of 4, like Pool.map)."""
     jobs = _jobs(paths, out)
     with _warm_pool(fn, jobs[0]) as pool:
         start = time.perf_counter()
-        pool.map(fn, jobs, chunksize=4)
+        pool.map(fn, jobs, chunksize=chunksize)
         return len(paths) / (time.perf_counter() - start)
 
 
 def bare_loop_rate(fn, paths: list[Path], out: Path) -> float:
     """A bare loop in each of 2 processes over its half of the photos: no queue, no watching."""
-    jobs = _jobs(paths, out)
-    with _warm_pool(fn, jobs[0]) as pool:
-        start = time.perf_counter()
-        pool.map(fn, jobs, chunksize=(len(jobs) + 1) // 2)
-        return len(paths) / (time.perf_counter() - start)
+    return pool_rate(fn, paths, out, chunksize=(len(paths) + 1) // 2)
 
 
 def _jobs(paths: list[Path], out: Path) -> list[tuple[str, str]]:

@@ -219,9 +219,7 @@ def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_resu
                 scaled = work.copy()  # never hand the decoded image (and its info) to the writer
         if not plan.upscaled:
             made.append(scaled)
-        thumb = scaled
-        if plan.box is not None:
-            thumb = thumb.crop(plan.box)
+        thumb = scaled.crop(plan.box) if plan.box is not None else scaled
         _write(thumb, plan.target, output, st, metadata, fd_info)
         outputs.append((plan.target.path, thumb.width, thumb.height))
     order = {t.path: i for i, t in enumerate(targets)}
