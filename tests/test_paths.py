@@ -29,7 +29,7 @@ def test_several_sizes_get_a_folder_each_and_their_own_extension(tmp_path):
     ]}})
     small, web = r.targets(str(tmp_path / "photos/a/b.jpeg"))
     assert small.path == str(tmp_path / "photos/thumbs/small/a/b.jpeg")
-    assert web.path == str(tmp_path / "photos/thumbs/web/a/b.webp")
+    assert web.path == str(tmp_path / "photos/thumbs/web/a/b.jpeg.webp")
     assert web.size.mode == "width"
 
 
@@ -54,7 +54,7 @@ def test_template_places_the_name(tmp_path):
     ]}})
     s, t = r.targets(str(tmp_path / "photos/d/p.jpg"))
     assert s.path == str(tmp_path / "photos/thumbs/s/d/p_s.jpg")
-    assert t.path == str(tmp_path / "photos/thumbs/t/d/flat/p.png")
+    assert t.path == str(tmp_path / "photos/thumbs/t/d/flat/p.jpg.png")
 
 
 @pytest.mark.parametrize("name, wanted", [
@@ -100,3 +100,64 @@ def test_no_photo_name_maps_outside_the_output_tree(tmp_path, name):
         {"name": "a", "width": 9, "height": 9}, {"name": "b", "width": 9, "height": 9, "template": "{dir}/{size}-{stem}{ext}"}]}})
     for target in r.targets(str(tmp_path / "photos" / "sub" / name)):
         assert Path(target.path).resolve().is_relative_to((tmp_path / "photos" / "thumbs").resolve()), target.path
+
+
+# The naming rule, written from the spec (README, Configuration): a photo whose extension is the
+# output format's own keeps its name; any other photo keeps its whole name and gets the format's
+# extension appended. One row per photo name; columns: jpeg, png, webp output.
+NAMING = [
+    ("x.jpg", "x.jpg", "x.jpg.png", "x.jpg.webp"),
+    ("x.jpeg", "x.jpeg", "x.jpeg.png", "x.jpeg.webp"),
+    ("X.JPG", "X.JPG", "X.JPG.png", "X.JPG.webp"),
+    ("x.jfif", "x.jfif", "x.jfif.png", "x.jfif.webp"),
+    ("x.png", "x.png.jpg", "x.png", "x.png.webp"),
+    ("x.PNG", "x.PNG.jpg", "x.PNG", "x.PNG.webp"),
+    ("x.webp", "x.webp.jpg", "x.webp.png", "x.webp"),
+    ("x.tif", "x.tif.jpg", "x.tif.png", "x.tif.webp"),
+    ("IMG.2024.01.jpg", "IMG.2024.01.jpg", "IMG.2024.01.jpg.png", "IMG.2024.01.jpg.webp"),
+    # a name that is another photo's name plus the format's extension must not take that photo's
+    # thumbnail name: x.png's JPEG thumbnail is x.png.jpg, so the photo x.png.jpg appends again
+    ("x.png.jpg", "x.png.jpg.jpg", "x.png.jpg.png", "x.png.jpg.webp"),
+    ("x.jpg.png", "x.jpg.png.jpg", "x.jpg.png.png", "x.jpg.png.webp"),
+    ("x.jpeg.webp", "x.jpeg.webp.jpg", "x.jpeg.webp.png", "x.jpeg.webp.webp"),
+    # ... but a JPEG photo named after another JPEG photo keeps its name with JPEG output
+    ("x.jpg.jpg", "x.jpg.jpg", "x.jpg.jpg.png", "x.jpg.jpg.webp"),
+]
+PATTERNS = ["*.jpg", "*.jpeg", "*.jfif", "*.png", "*.webp", "*.tif"]
+
+
+@pytest.mark.parametrize("column, fmt", [(1, "jpeg"), (2, "png"), (3, "webp")])
+def test_thumbnail_names_follow_the_documented_rule(tmp_path, column, fmt):
+    r = rules(tmp_path, {"watch": {"paths": ["photos"], "patterns": PATTERNS}, "output": {"format": fmt}})
+    for row in NAMING:
+        [target] = r.targets(str(tmp_path / "photos/sub" / row[0]))
+        assert target.path == str(tmp_path / "photos/thumbs/sub" / row[column]), (fmt, row[0])
+
+
+def test_jpeg_photos_keep_their_names_with_the_default_config(tmp_path):
+    r = rules(tmp_path, {"watch": {"paths": ["photos"]}})
+    for name in ["IMG_0001.JPG", "a.jpeg", "a.jpg", "a.jpg.jpg", "b.png.jpg", "v1.2.jpeg"]:
+        assert r.targets(str(tmp_path / "photos" / name))[0].path == str(tmp_path / "photos/thumbs" / name)
+
+
+# Names built to collide: every photo name, its extension swapped, and every name with every
+# extension appended once and twice, in upper and lower case.
+_BASES = ["x", "x.jpg", "x.jpeg", "x.png", "x.webp", "x.tif", "x.jpg.png", "x.png.jpg", "a.b"]
+_EXTS = ["", ".jpg", ".jpeg", ".JPG", ".jfif", ".png", ".PNG", ".webp", ".tif"]
+COLLIDING = sorted({base + e1 + e2 for base in _BASES for e1 in _EXTS for e2 in _EXTS})
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+@pytest.mark.parametrize("patterns", [["*.jpg", "*.jpeg"], PATTERNS, ["*"], ["x*", "*.png"]])
+@pytest.mark.parametrize("template", ["{stem}{ext}", "{size}-{stem}{ext}", "{dir}/{stem}_t{ext}"])
+def test_no_two_photos_share_a_thumbnail(tmp_path, fmt, patterns, template):
+    r = rules(tmp_path, {"watch": {"paths": ["photos"], "patterns": patterns}, "output": {"format": fmt, "sizes": [
+        {"name": "a", "width": 9, "height": 9, "template": template},
+        {"name": "b", "width": 9, "height": 9, "format": "jpeg"}]}})
+    owner: dict[str, str] = {}
+    photos = [n for n in COLLIDING if r.wants(str(tmp_path / "photos/d" / n))]
+    assert len(photos) > 20
+    for name in photos:
+        for target in r.targets(str(tmp_path / "photos/d" / name)):
+            assert target.path not in owner, f"{name} and {owner.get(target.path)} share {target.path}"
+            owner[target.path] = name

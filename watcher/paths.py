@@ -20,6 +20,8 @@ TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".download", "~")
 TEMP_PREFIX = ".tw-"  # our own temp outputs: .tw-<pid>-<name>.tmp
 FORMAT_EXT = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
+# The photo extensions a format keeps as they are: a JPEG photo with JPEG output keeps its name.
+OWN_EXTS = {"jpeg": JPEG_EXTS, "webp": (".webp",), "png": (".png",)}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class PathRules:
         self.roots = tuple(str(p) for p in config.watch.paths)
         self._patterns = [re.compile(fnmatch.translate(p), re.IGNORECASE) for p in config.watch.patterns]
         self._ignore = [re.compile(fnmatch.translate(p), re.IGNORECASE) for p in config.watch.ignore]
+        # Can a name without a dot be a photo? Not with patterns like *.jpg ("[.]" is a dot too).
+        self.dotless_photos = any("." not in p or "[" in p for p in config.watch.patterns)
         self.output_roots = tuple(self._output_root(root) for root in self.roots)
         self._folders: dict[str, FolderRules] = {}
 
@@ -147,16 +151,30 @@ class FolderRules:
             photo = os.path.join(self.folder, name)
             return tuple(Target(size, str(freedesktop.thumbnail_path(photo, size.name))) for size in freedesktop.SIZES)
         assert self.ok, os.path.join(self.folder, name)
-        stem, src_ext = os.path.splitext(name)
         targets = []
         for size, base in self.bases:
-            ext = src_ext if size.format == "jpeg" and src_ext.lower() in JPEG_EXTS else FORMAT_EXT[size.format]
+            if self._keeps_name(name, size.format):
+                stem, ext = os.path.splitext(name)
+            else:
+                stem, ext = name, FORMAT_EXT[size.format]
             if size.template == "{stem}{ext}":
                 targets.append(Target(size, f"{base}{os.sep}{stem}{ext}"))
                 continue
             rel = size.template.format(size=size.name, stem=stem, ext=ext, dir=self.rel_dir or ".")
             targets.append(Target(size, os.path.normpath(os.path.join(base, rel))))
         return tuple(targets)
+
+    def _keeps_name(self, name: str, fmt: str) -> bool:
+        """Does this photo's thumbnail keep the photo's own name, or append the format's extension
+        (x.jpeg -> x.jpeg.png)? Kept only when the name already ends in one of the format's own
+        extensions and is not itself another photo's name plus that extension (x.png.jpg appends
+        when x.png is a photo too, whose thumbnail is x.png.jpg): no two photos share a thumbnail."""
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in OWN_EXTS[fmt]:
+            return False
+        if "." not in stem and not self.rules.dotless_photos:
+            return True  # the common case, decided without matching patterns: IMG_0001.jpg
+        return not (self.wants(stem) and not self._keeps_name(stem, fmt))
 
 
 def temp_path_for(final: str, pid: int | None = None) -> str:
