@@ -87,3 +87,57 @@ def catchup_tree(count: int = 100_000, per_folder: int = 1000) -> Path:
             os.utime(path, (stamp, stamp))
     done.touch()
     return photos
+
+
+def photo_like(seed: int, width: int, height: int) -> Image.Image:
+    """Like camera_like, but with a photo's statistics: detail in brightness at every scale,
+    each finer octave weaker (1/f), colour only at coarse scales (as in real photos, and as
+    JPEG's chroma subsampling assumes), and the same pixel grain, which keeps the decode cost a
+    camera photo's. camera_like's three unrelated bands at full strength down to 8 px are
+    saturated colour noise at 75 px, where any two correct resamplers differ by ~7 levels."""
+    rng = random.Random(seed)
+
+    def octave(divisor: int, weight: float) -> Image.Image:
+        noise = _noise(rng, max(1, width // divisor), max(1, height // divisor)).resize((width, height), Image.Resampling.BICUBIC)
+        return noise.point(lambda v: round((v - 128) * weight) + 128)
+
+    luma = Image.new("L", (width, height), 128)
+    for divisor, weight in ((300, 0.8), (75, 0.4), (18, 0.2), (5, 0.1)):
+        luma = ImageChops.add(luma, octave(divisor, weight), offset=-128)
+    bands = []
+    for _ in range(3):
+        tinted = ImageChops.add(luma, octave(300, 0.35), offset=-128)
+        grain = _noise(rng, width, height).point(lambda v: 120 + v // 16)
+        bands.append(ImageChops.add(tinted, grain, offset=-120))
+    return Image.merge("RGB", bands)
+
+
+def _jpeg_data(im: Image.Image, quality: int, subsampling: str = "4:2:0") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    return buf.getvalue()
+
+
+def preview_set(count: int, width: int = 4000, height: int = 3000) -> list[Path]:
+    """`count` 12 MP photo-like JPEGs as cameras write them: EXIF orientation (1/3/6/8), a
+    160×120 EXIF thumbnail, and a 1600 px MPF preview after the main image. Made once."""
+    from .tests_imagegen import jpeg_with_previews
+
+    folder = CACHE / f"previews-{width}x{height}-v2"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"pv_{i:04d}.jpg" for i in range(count)]
+    pictures: dict[int, Image.Image] = {}
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        seed = i % 4
+        if seed not in pictures:
+            pictures[seed] = photo_like(seed + 1000, width, height)
+        main = pictures[seed]
+        thumb = _jpeg_data(main.resize((160, 120), Image.Resampling.LANCZOS), 90)
+        preview = _jpeg_data(main.resize((1600, 1200), Image.Resampling.LANCZOS), 90)
+        temp = path.with_suffix(".part")
+        jpeg_with_previews(temp, main, orientation=ORIENTATIONS[i % len(ORIENTATIONS)], exif_thumbnail=thumb,
+                           mpf_preview=preview, quality=85 + (i // 4) % 3, subsampling="4:2:2")
+        os.replace(temp, path)
+    return paths

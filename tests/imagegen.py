@@ -140,3 +140,77 @@ def alpha_png(path: str | os.PathLike[str], size: tuple[int, int] = (80, 60)) ->
     im.paste((255, 0, 0, 255), (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
     im.save(path, "PNG")
     return path
+
+
+# --- JPEGs carrying embedded previews (an EXIF IFD1 thumbnail, an MPF preview image) ----------
+
+
+def jpeg_bytes(im: Image.Image, quality: int = 90, subsampling: str = "4:2:0") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    return buf.getvalue()
+
+
+def _ifd(entries: list[tuple[int, int, int, bytes]], start: int, next_ifd: int) -> tuple[bytes, bytes]:
+    """A little-endian TIFF IFD at offset `start`: (tag, type, count, value bytes). Values over
+    4 bytes go after the IFD; returns (ifd, data that follows it)."""
+    head = struct.pack("<H", len(entries))
+    extra_at = start + 2 + 12 * len(entries) + 4
+    extra = bytearray()
+    for tag, type_, count, value in entries:
+        if len(value) <= 4:
+            head += struct.pack("<HHI", tag, type_, count) + value.ljust(4, b"\x00")
+        else:
+            head += struct.pack("<HHII", tag, type_, count, extra_at + len(extra))
+            extra += value + (b"\x00" if len(value) % 2 else b"")
+    return head + struct.pack("<I", next_ifd), bytes(extra)
+
+
+def _exif_app1(orientation: int, thumbnail: bytes | None) -> bytes:
+    """APP1 Exif: IFD0 (Make, Orientation) and, with a thumbnail, IFD1 pointing at its JPEG."""
+    make = b"TestCam\x00"
+    ifd0_entries = [(0x010F, 2, len(make), make), (0x0112, 3, 1, struct.pack("<H", orientation))]
+    ifd0_len = 2 + 12 * len(ifd0_entries) + 4 + len(make)
+    ifd1_at = 8 + ifd0_len if thumbnail is not None else 0
+    ifd0, extra0 = _ifd(ifd0_entries, 8, ifd1_at)
+    tiff = bytearray(b"II*\x00" + struct.pack("<I", 8) + ifd0 + extra0)
+    if thumbnail is not None:
+        thumb_at = ifd1_at + 2 + 12 * 3 + 4
+        ifd1, _ = _ifd([(0x0103, 3, 1, struct.pack("<H", 6)), (0x0201, 4, 1, struct.pack("<I", thumb_at)),
+                        (0x0202, 4, 1, struct.pack("<I", len(thumbnail)))], ifd1_at, 0)
+        tiff += ifd1 + thumbnail
+    body = b"Exif\x00\x00" + bytes(tiff)
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
+def _mpf_app2(main_size: int, preview_size: int, preview_offset: int) -> bytes:
+    """APP2 MPF with two MP entries: the primary image and one large-thumbnail preview."""
+    entries = (struct.pack("<IIIHH", 0x20030000, main_size, 0, 0, 0)
+               + struct.pack("<IIIHH", 0x00010001, preview_size, preview_offset, 0, 0))
+    ifd, extra = _ifd([(0xB000, 7, 4, b"0100"), (0xB001, 4, 1, struct.pack("<I", 2)), (0xB002, 7, 32, entries)], 8, 0)
+    body = b"MPF\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + extra
+    return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
+
+
+def jpeg_with_previews(path: str | os.PathLike[str], main: Image.Image, *, orientation: int = 1,
+                       exif_thumbnail: Image.Image | bytes | None = None, mpf_preview: Image.Image | bytes | None = None,
+                       quality: int = 90, subsampling: str = "4:2:0") -> Path:
+    """A JPEG as cameras write them: EXIF (orientation, optionally a thumbnail in IFD1) and,
+    optionally, an MPF index with one preview image stored after the main image's EOI.
+
+    Previews are given as images (encoded here at q90) or as raw bytes (to plant broken ones).
+    """
+    path = Path(path)
+    thumb = jpeg_bytes(exif_thumbnail) if isinstance(exif_thumbnail, Image.Image) else exif_thumbnail
+    preview = jpeg_bytes(mpf_preview) if isinstance(mpf_preview, Image.Image) else mpf_preview
+    body = jpeg_bytes(main, quality, subsampling)[2:]  # without SOI
+    app1 = _exif_app1(orientation, thumb)
+    if preview is None:
+        path.write_bytes(b"\xff\xd8" + app1 + body)
+        return path
+    app2_len = len(_mpf_app2(0, 0, 0))
+    main_size = 2 + len(app1) + app2_len + len(body)
+    mpf_header_at = 2 + len(app1) + 4 + 4  # marker, length, "MPF\0": the TIFF header starts here
+    app2 = _mpf_app2(main_size, len(preview), main_size - mpf_header_at)
+    path.write_bytes(b"\xff\xd8" + app1 + app2 + body + preview)
+    return path

@@ -74,6 +74,7 @@ class OutputConfig:
     color: str = "srgb"
     background: str = "#ffffff"
     delete_with_photo: bool = True
+    embedded_preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,7 @@ def _parse_output(s: _Section, base_dir: Path) -> OutputConfig:
         color=s.choice("color", "srgb", COLORS),
         background=_color(s, "background", "#ffffff"),
         delete_with_photo=s.boolean("delete_with_photo", True),
+        embedded_preview=s.boolean("embedded_preview", False),
     )
     s.close()
     return output

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from . import __version__, colour, freedesktop
+from . import __version__, colour, freedesktop, preview
 from .config import OutputConfig, SizeSpec
 from .paths import JPEG_EXTS, Target, temp_path_for
 
@@ -180,15 +180,23 @@ def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_resu
     upright = (h, w) if swap else (w, h)
     plans = sorted((_plan(t, upright) for t in targets), key=lambda p: p.scaled[0] * p.scaled[1], reverse=True)
     box = None
+    embedded = None  # (decoded preview, its draft box) when a camera's preview stands in for the photo
     if plans and im.format in ("JPEG", "MPO"):
-        # libjpeg's DCT scaling: the smallest of 1/8, 1/4, 1/2 that still covers the biggest size
         biggest = plans[0].scaled
-        drafted = im.draft(im.mode, (biggest[1], biggest[0]) if swap else biggest)
+        need = (biggest[1], biggest[0]) if swap else biggest
+        if output.embedded_preview:
+            embedded = preview.load(f, im, need)
+        # libjpeg's DCT scaling: the smallest of 1/8, 1/4, 1/2 that still covers the biggest size
+        drafted = im.draft(im.mode, need) if embedded is None else None
         if drafted is not None:
             box = drafted[1]
     try:
-        im.load()
-        work = _working_mode(im)
+        if embedded is not None:
+            decoded, box = embedded
+        else:
+            im.load()
+            decoded = im
+        work = _working_mode(decoded)
     except MemoryError:
         raise RenderError(f"out of memory decoding {w}×{h} pixels (see limits.worker_memory_mb)") from None
     except _PHOTO_ERRORS as err:
