@@ -13,6 +13,8 @@ import pytest
 
 from helpers import Daemon, write_config
 
+pytest_plugins = ["redis_server"]  # the real Redis the Celery tests use
+
 BASE_CONFIG = """\
 watch:
   paths: [photos]
