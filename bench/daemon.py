@@ -17,7 +17,7 @@ watch: {{paths: ["{photos}"], recursive: true, create: true, rescan_interval: 0}
 output:
   dir: "{output}"
   sizes: {sizes}
-workers: {{count: 2, queue_size: {queue}}}
+workers: {{count: {workers}, queue_size: {queue}}}
 state: {{dir: "{state}"}}
 log: {{level: info, photos: info, progress_interval: 0}}
 """
@@ -27,13 +27,18 @@ def size_list(boxes: tuple[int, ...]) -> str:
     return "[" + ", ".join(f"{{name: s{b}, width: {b}, height: {b}}}" for b in boxes) + "]"
 
 
+# "ok /path/to/name.jpg -> ..." or "ok src=/path/to/name.jpg ...": the photo's file name
+_OK_NAME = re.compile(r" ok (?:src=)?\S*?([^/\s]+\.jpe?g)\b")
+
+
 class BenchDaemon:
-    def __init__(self, workdir: Path, photos: Path, boxes: tuple[int, ...], queue: int = 1000, output: str = "thumbs"):
+    def __init__(self, workdir: Path, photos: Path, boxes: tuple[int, ...], queue: int = 1000, output: str = "thumbs",
+                 workers: int = 2):
         self.workdir = workdir
         self.state = workdir / "state"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "config.yaml"
-        self.config.write_text(CONFIG.format(photos=photos, sizes=size_list(boxes), queue=queue, state=self.state, output=output))
+        self.config.write_text(CONFIG.format(photos=photos, sizes=size_list(boxes), queue=queue, state=self.state, output=output, workers=workers))
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watcher", "run", "--config", str(self.config)],
@@ -44,6 +49,7 @@ class BenchDaemon:
         # "ok" lines, counted as they arrive so a run's end is waited for, not polled for: a
         # poller would take CPU from the workers being measured.
         self.done = 0
+        self.ok_at: dict[str, float] = {}  # photo file name -> when its "ok" line was read
         self._done_changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -57,6 +63,9 @@ class BenchDaemon:
             if " ok " in line:
                 with self._done_changed:
                     self.done += 1
+                    name = _OK_NAME.search(line)
+                    if name:
+                        self.ok_at[name.group(1)] = when
                     self.done_at = when
                     self._done_changed.notify_all()
 
@@ -68,6 +77,16 @@ class BenchDaemon:
             if self.done < count:
                 raise RuntimeError(f"daemon exited after {self.done} of {count} photos")
             return self.done_at
+
+    def wait_ok(self, name: str, timeout: float = 120) -> float:
+        """When the daemon's "ok" line for the photo named `name` was read: a wait on the log
+        reader's condition, no polling on the cores being measured."""
+        with self._done_changed:
+            if not self._done_changed.wait_for(lambda: name in self.ok_at or self.proc.poll() is not None, timeout):
+                raise RuntimeError(f"no ok line for {name} after {timeout} s")
+            if name not in self.ok_at:
+                raise RuntimeError(f"daemon exited before {name} was done")
+            return self.ok_at[name]
 
     def wait_line(self, pattern: str, timeout: float = 120) -> tuple[float, re.Match]:
         rx = re.compile(pattern)
