@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .config import EX_CONFIG, Config, ConfigError, dump, load
+from . import __version__, instance
+from .config import EX_CONFIG, Config, ConfigError, check_folders, dump, load
+from .logsetup import under_journald
 from .paths import shown
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = os.environ.get("THUMBWATCH_CONFIG", "/etc/thumbwatch/config.yaml")
+
+
+def _error(text: str) -> None:
+    """One line on stderr before (or instead of) logging: at priority err under journald, so
+    `journalctl -p warning` shows why the unit stopped."""
+    print(("<3>" if under_journald(sys.stderr) else "") + f"thumbwatch: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"thumbwatch: config error: {err}", file=sys.stderr)
+        _error(f"config error: {err}")
         return EX_CONFIG
+    except instance.AlreadyRunning as err:
+        _error(str(err))
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -57,8 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("paths", nargs="*", help="photos or folders (default: every failure)")
     status = command("status", cmd_status, "say whether the daemon runs, with its counters")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    worker = command("worker", cmd_worker, "run a render host: a Celery worker taking photos from the broker (workers.backend: celery)")
-    worker.add_argument("--name", help="this render host's name in logs and outcomes (default: the host name)")
     stop = command("stop", cmd_stop, "stop a running daemon (SIGTERM) and wait for it to exit")
     stop.add_argument("--pidfile", type=Path, help="pid file given to run --daemon")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
@@ -66,11 +77,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load(args.config)
+    # Absolute, as relative paths in it are: a reload (SIGHUP) after --daemon moved to / must
+    # find the same files.
+    return load(os.path.abspath(args.config), base_dir=Path.cwd())
+
+
+def _lock(config: Config) -> instance.Instance:
+    """The state folder's lock, before anything starts; a state folder we cannot use is a
+    config error naming the key."""
+    try:
+        return instance.acquire(config.state.dir)
+    except OSError as err:
+        raise ConfigError(f"{config.source}: state.dir: cannot use {config.state.dir}: {os.strerror(err.errno or 0)}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    check_folders(config)
     print(f"# {config.source}: OK", file=sys.stderr)
     sys.stdout.write(dump(config))
     return 0
@@ -78,28 +101,60 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    check_folders(config)
     if args.daemon:
         return _run_daemon(config, args.pidfile)
+    lock = _lock(config)  # noqa: F841 (held until the process exits)
     return _serve(config, one_shot=False)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    return _serve(_load(args), one_shot=True)
+    config = _load(args)
+    check_folders(config)
+    lock = _lock(config)  # noqa: F841
+    return _serve(config, one_shot=True)
 
 
-def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = None) -> int:
+def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = None, base_dir: Path | None = None) -> int:
+    """Run the service. base_dir: what relative paths in the config resolve against on a reload
+    (the directory the command was started in, also after --daemon moved to /)."""
     from . import logsetup
     from .service import Service
+    from .state import check_state_dir
     from .systemd import Notifier
 
     logsetup.configure(config.log)
-    service = Service(config, notifier=Notifier(), one_shot=one_shot)
+    check_state_dir(config.state.dir)
+    service = Service(config, notifier=Notifier(), one_shot=one_shot, base_dir=base_dir or Path.cwd())
     service.install_signal_handlers()
     service.signals.extend(early_signals or ())
     code = service.run()
-    if one_shot and code == 0 and service.stats.failed:
-        return 1
+    if one_shot and code == 0:
+        left = _failed_in_tree(config)
+        if left or service.stats.failed:
+            logger.warning("scan: %d photo(s) have no thumbnail because they failed (`thumbwatch failed` lists them, "
+                           "`thumbwatch retry` tries them again)", max(left, service.stats.failed))
+            return 1
     return code
+
+
+def _failed_in_tree(config: Config) -> int:
+    """Photos under the watched folders, still there and unchanged, that are on record as failed."""
+    from .state import FailureStore
+
+    store = FailureStore(config.state.dir)
+    store.load()
+    roots = [str(root) for root in config.watch.paths]
+    count = 0
+    for path, _failure in store.items():
+        if not any(path.startswith(root + os.sep) for root in roots):
+            continue
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        count += store.known(path, st)
+    return count
 
 
 def _run_daemon(config: Config, pidfile: Path | None) -> int:
@@ -110,31 +165,28 @@ def _run_daemon(config: Config, pidfile: Path | None) -> int:
         return 2
     pidfile = pidfile.absolute()
     if config.log.file is None:
-        print("thumbwatch: config error: log.file: expected a log file path for --daemon (a detached daemon has no terminal)", file=sys.stderr)
+        _error(f"config error: {config.source}: log.file: expected a log file path for --daemon (a detached daemon has no terminal)")
         return EX_CONFIG
+    lock = _lock(config)  # before detaching: a second instance is refused here, on the terminal
+    base_dir = Path.cwd()  # detaching moves to /
     try:
-        with daemonize.detach(pidfile=pidfile) as early_signals:
-            return _serve(config, one_shot=False, early_signals=early_signals)
+        with daemonize.detach(pidfile=pidfile, preserve=(lock.fd,)) as early_signals:
+            lock.write_pid()  # the detached process's pid, for `status`, `stop` and `retry`
+            return _serve(config, one_shot=False, early_signals=early_signals, base_dir=base_dir)
     except daemonize.AlreadyRunning as err:
-        print(f"thumbwatch: {err}", file=sys.stderr)
+        _error(str(err))
         return 1
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    config = _load(args)
-    from . import logsetup
-
-    logsetup.configure(config.log)
-    from .celery_backend import worker_main
-
-    return worker_main(config, args.name)
-
-
 def cmd_failed(args: argparse.Namespace) -> int:
-    from .state import FailureStore
+    from .state import Damaged, FailureStore
 
     store = FailureStore(_load(args).state.dir)
-    store.load()
+    try:
+        store.load(repair=False)  # read-only: the daemon moves a damaged file aside
+    except Damaged as err:
+        _error(f"{store.path} is damaged ({err}); the daemon moves it aside at its next start")
+        return 1
     for path, failure in store.items():
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failure.when))
         print(f"{when}\t{shown(path)}\t{failure.reason}")
@@ -147,13 +199,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     config = _load(args)
     store = FailureStore(config.state.dir)
-    store.load()
+    store.load()  # a damaged file is moved aside (and named) before we write a new one
     if args.paths:
         cleared = sum(store.clear(os.path.abspath(p)) for p in args.paths)
     else:
         cleared = store.clear()
     store.save(force=True)
-    pid = _running_pid(config)
+    pid = instance.running_pid(config.state.dir)
     if pid is not None:
         os.kill(pid, signal.SIGHUP)  # the daemon re-reads the records and rescans
         print(f"cleared {cleared} failure record(s); told the running daemon (pid {pid}) to retry them")
@@ -162,42 +214,24 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(config: Config) -> dict | None:
-    from .state import STATUS, read_json
-
-    try:
-        return read_json(config.state.dir / STATUS)
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return b"thumbwatch" in cmdline or b"watcher" in cmdline
-
-
-def _running_pid(config: Config) -> int | None:
-    status = _status(config)
-    if status and status.get("state") == "running" and _alive(int(status["pid"])):
-        return int(status["pid"])
-    return None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from .state import read_status
+
     config = _load(args)
-    status = _status(config)
-    running = _running_pid(config) is not None
+    status = read_status(config.state.dir)  # checked: a damaged file reads as none
+    pid = instance.running_pid(config.state.dir)
+    running = pid is not None
+    if running and (status is None or status["pid"] != pid or status["state"] != "running"):
+        status = None  # the file is an earlier run's: the one running has not written its own yet
     if args.json:
         print(json.dumps({**(status or {}), "running": running}, indent=1))
         return 0 if running else 3
     if not running:
         print("thumbwatch is not running" + (f" (last status: {status.get('state')}, pid {status.get('pid')})" if status else ""))
         return 3
-    assert status is not None
+    if status is None:
+        print(f"thumbwatch running, pid {pid} (starting: no status yet)")
+        return 0
     print(
         f"thumbwatch {status['version']} running, pid {status['pid']}, up {status['uptime']:.0f} s\n"
         f"  folders:  {', '.join(status['folders'])}\n"
@@ -216,15 +250,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
         return daemonize.stop(args.pidfile, args.timeout)
     config = _load(args)
-    pid = _running_pid(config)
+    pid = instance.running_pid(config.state.dir)
     if pid is None:
         print("thumbwatch is not running")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + args.timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
+    if not instance.stop(pid, args.timeout, lambda: instance.running_pid(config.state.dir)):
         print(f"thumbwatch (pid {pid}) did not stop within {args.timeout:g} s", file=sys.stderr)
         return 1
     print(f"stopped thumbwatch (pid {pid})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,76 @@ COLORS = ("srgb", "keep")
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-BACKENDS = ("local", "celery")
-BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 TEMPLATE_FIELDS = ("size", "stem", "ext", "dir")
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 COLOR_HEX = re.compile(r"^#[0-9A-Fa-f]{6}$")
+# A config is small and written by hand: anything far beyond these is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NODES = 10_000  # values in the file once every alias is expanded (an alias bomb has billions)
+MAX_DEPTH = 32  # mappings and lists inside each other
 
 
 class ConfigError(Exception):
     """A config that cannot be used; str(error) is the one line shown to the user."""
+
+
+class _Refused(Exception):
+    """Raised by _StrictLoader: str(error) is the reason, without the file name."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses what a hand-written config never has: a key given twice in
+    one mapping (YAML would silently keep the last), aliases that expand to a huge document (an
+    alias bomb: a few hundred bytes that become billions of values) and absurd nesting (which
+    would end in a RecursionError). Checked on the node graph, before anything is built."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._weights: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+        self._keys: dict[int, dict[tuple[str, str], int]] = {}  # id(mapping) -> its keys -> line
+        self._path: list[str] = []
+
+    def _where(self) -> str:
+        return "".join(self._path).lstrip(".") or "(top level)"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        line = self.peek_event().start_mark.line + 1
+        if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
+            self._path.append(f".{index.value}")
+        elif isinstance(parent, yaml.SequenceNode):
+            self._path.append(f"[{index}]")
+        else:
+            self._path.append("")
+        try:
+            if len(self._path) > MAX_DEPTH:
+                where = "".join(self._path[:4]).lstrip(".") or "(top level)"
+                raise _Refused(f"{where}...: nested more than {MAX_DEPTH} deep (line {line}); a config never needs that")
+            alias = self.check_event(yaml.AliasEvent)
+            node = super().compose_node(parent, index)
+            if alias:
+                weight = self._weights.get(id(node))
+                if weight is None:
+                    raise _Refused(f"{self._where()}: an alias that refers to the value holding it (line {line})")
+            elif isinstance(node, yaml.SequenceNode):
+                weight = 1 + sum(self._weights[id(child)] for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                weight = 1 + sum(self._weights[id(k)] + self._weights[id(v)] for k, v in node.value)
+                self._keys.pop(id(node), None)
+            else:
+                weight = 1
+            if weight > MAX_NODES:
+                raise _Refused(f"{self._where()}: expands to more than {MAX_NODES} values (line {line}); is it an alias bomb?")
+            self._weights[id(node)] = weight
+            if isinstance(parent, yaml.MappingNode) and index is None and isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:merge":
+                seen = self._keys.setdefault(id(parent), {})
+                first = seen.get((node.tag, node.value))
+                if first is not None:
+                    self._path[-1] = f".{node.value}"
+                    raise _Refused(f"{self._where()}: given twice (lines {first} and {line}); keep one")
+                seen[(node.tag, node.value)] = line
+            return node
+        finally:
+            self._path.pop()
 
 
 @dataclass(frozen=True)
@@ -85,15 +147,6 @@ class WorkersConfig:
     queue_size: int = 1000
     drain_timeout: float = 30.0
     max_retries: int = 2
-    backend: str = "local"
-
-
-@dataclass(frozen=True)
-class CeleryConfig:
-    broker: str = "redis://127.0.0.1:6379/0"
-    queue: str = "thumbwatch"
-    visibility_timeout: float = 300.0  # s a render host may hold a photo before Redis hands it out again
-    batch: int = 8  # photos per task, at most (catch-up publishes full batches)
 
 
 @dataclass(frozen=True)
@@ -133,7 +186,6 @@ class Config:
     state: StateConfig
     log: LogConfig
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    celery: CeleryConfig = field(default_factory=CeleryConfig)
 
     def effective(self) -> dict[str, Any]:
         """The config as plain YAML-able data, every default filled in."""
@@ -148,6 +200,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 100
+_SHORT.maxlevel = 3
 
 
 def default_state_dir() -> Path:
@@ -173,7 +230,7 @@ class _Section:
     def error(self, key: str, expected: str, got: Any = ...) -> ConfigError:
         text = f"{self.file}: {key}: {expected}"
         if got is not ...:
-            text += f", got {got!r}"
+            text += f", got {_SHORT.repr(got)}"
         return ConfigError(text)
 
     def key(self, name: str) -> str:
@@ -244,13 +301,25 @@ def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Confi
     """Read, check and freeze the config at `path`. Relative paths resolve against base_dir (default: cwd)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with open(file, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{file}: cannot read: {err}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: expected a YAML file, but it is a folder") from None
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read: {os.strerror(err.errno) if err.errno else err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {err.start})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it really the config?")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _Refused as err:
+        raise ConfigError(f"{file}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: nested too deeply") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -268,10 +337,10 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     state = _parse_state(top.section("state"), base_dir)
     log = _parse_log(top.section("log"), base_dir)
     metrics = _parse_metrics(top.section("metrics"))
-    celery = _parse_celery(top.section("celery"), limits)
     top.close()
     _check_output_outside_roots(top, watch, output)
-    return Config(file, watch, output, workers, limits, state, log, metrics, celery)
+    _check_under_system_unit(top, output, state)
+    return Config(file, watch, output, workers, limits, state, log, metrics)
 
 
 def _resolve(base_dir: Path, raw: str) -> Path:
@@ -295,8 +364,8 @@ def _parse_watch(s: _Section, base_dir: Path) -> WatchConfig:
         paths.append(path)
     for a in paths:
         for b in paths:
-            if a != b and b.is_relative_to(a):
-                raise s.error(s.key("paths"), f"{b} lies inside {a}; list only the outer folder")
+            if a != b and Path(os.path.realpath(b)).is_relative_to(os.path.realpath(a)):
+                raise s.error(s.key("paths"), f"{b} lies inside {a} (symlinks resolved); list only the outer folder")
     watch = WatchConfig(
         paths=tuple(paths),
         recursive=s.boolean("recursive", True),
@@ -418,7 +487,6 @@ def _parse_workers(s: _Section) -> WorkersConfig:
         queue_size=s.integer("queue_size", 1000, low=1, high=10_000_000),
         drain_timeout=s.number("drain_timeout", 30.0, low=0.0),
         max_retries=s.integer("max_retries", 2, low=0, high=100),
-        backend=s.choice("backend", "local", BACKENDS),
     )
     s.close()
     return workers
@@ -465,34 +533,79 @@ def _parse_metrics(s: _Section) -> MetricsConfig:
     return metrics
 
 
-def _parse_celery(s: _Section, limits: LimitsConfig) -> CeleryConfig:
-    broker = s.string("broker", CeleryConfig.broker)
-    if not broker.startswith(BROKER_SCHEMES):
-        raise s.error(s.key("broker"), "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://, unix://)", broker)
-    queue = s.string("queue", CeleryConfig.queue)
-    if not SIZE_NAME.match(queue):
-        raise s.error(s.key("queue"), "expected letters, digits, '.', '_' or '-'", queue)
-    celery = CeleryConfig(
-        broker=broker,
-        queue=queue,
-        visibility_timeout=s.number("visibility_timeout", CeleryConfig.visibility_timeout, low=1.0),
-        batch=s.integer("batch", CeleryConfig.batch, low=1, high=1000),
-    )
-    if celery.visibility_timeout < 2 * limits.photo_timeout:
-        raise s.error(s.key("visibility_timeout"), f"expected at least 2 x limits.photo_timeout = {2 * limits.photo_timeout:g} s (a photo held longer would run twice at once)", celery.visibility_timeout)
-    s.close()
-    return celery
+def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:
+    """What cannot work under the shipped system units: they set THUMBWATCH_UNIT=system and
+    StateDirectory= (the only writable state folder under ProtectSystem=strict)."""
+    if os.environ.get("THUMBWATCH_UNIT") == "system" and output.style == "freedesktop":
+        raise top.error("output.style", "expected files under the system unit: freedesktop thumbnails belong in a desktop "
+                        "user's own cache, so run the user unit (systemd/user/thumbwatch.service, systemctl --user) for them",
+                        output.style)
+    granted = [Path(d) for d in os.environ.get("STATE_DIRECTORY", "").split(":") if d]
+    if granted and state.dir not in granted:
+        raise top.error("state.dir", f"expected the unit's StateDirectory= {granted[0]} (the only state folder it may write)", str(state.dir))
 
 
 def _check_output_outside_roots(top: _Section, watch: WatchConfig, output: OutputConfig) -> None:
-    if not output.dir.is_absolute():
+    """No watched folder may be, or lie inside, a thumbnail tree: thumbnails would be taken for
+    photos (thumbnails of thumbnails without end) or, with one size, every photo for output.
+    Compared with symlinks resolved, as the kernel will see them."""
+    if output.style == "freedesktop":
         return
+    if output.dir == Path("."):
+        raise top.error("output.dir", "expected a subfolder name such as thumbs, not the watched folder itself "
+                        "(its thumbnails would be taken for new photos)", ".")
+    if output.dir.is_absolute():
+        for root in watch.paths:
+            if root.is_relative_to(output.dir):
+                raise top.error("output.dir", f"expected a folder outside the watched folder {root}, not one holding it", str(output.dir))
+    several = len(watch.paths) > 1
     for root in watch.paths:
-        if root.is_relative_to(output.dir):
-            raise top.error("output.dir", f"expected a folder outside the watched folder {root}, not one holding it", str(output.dir))
+        if output.dir.is_absolute():
+            tree = output.dir / root.name if several else output.dir
+        else:
+            tree = root / output.dir
+        real_tree = Path(os.path.realpath(tree))
+        for other in watch.paths:
+            real_other = Path(os.path.realpath(other))
+            if real_other.is_relative_to(real_tree):
+                through = "" if real_tree == tree else f" (through a symlink, {tree} is {real_tree})"
+                raise top.error("output.dir", f"thumbnails of {root} would go to {tree}{through}, which holds the watched folder {other}; "
+                                "expected a folder outside every watched folder's tree", str(output.dir))
     names = [root.name for root in watch.paths]
     if len(watch.paths) > 1 and len(set(names)) != len(names):
         raise top.error("watch.paths", "with an absolute output.dir, watched folders need distinct last names (each gets output.dir/<name>/)")
+
+
+def check_folders(config: Config) -> None:
+    """The state folder and the log file can be made and written, before anything starts:
+    a ConfigError naming the key and the folder otherwise. Creates nothing."""
+    _check_writable(config, "state.dir", config.state.dir, folder=True)
+    if config.log.file is not None:
+        _check_writable(config, "log.file", config.log.file, folder=False)
+
+
+def _check_writable(config: Config, key: str, path: Path, *, folder: bool) -> None:
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"{config.source}: {key}: {why}")
+
+    if os.path.exists(path):
+        if folder and not path.is_dir():
+            raise refuse(f"expected a folder, but {path} is not one")
+        if not folder and path.is_dir():
+            raise refuse(f"expected a file, but {path} is a folder")
+        need = os.R_OK | os.W_OK | os.X_OK if folder else os.W_OK
+        if not os.access(path, need, effective_ids=os.access in os.supports_effective_ids):
+            raise refuse(f"{path} is not {'readable and writable' if folder else 'writable'} by uid {os.geteuid()}")
+        return
+    existing = path if folder else path.parent
+    while not os.path.exists(existing):
+        if os.path.lexists(existing):
+            raise refuse(f"cannot create {path}: {existing} is a broken symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise refuse(f"cannot create {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise refuse(f"cannot create {path}: {existing} is not writable by uid {os.geteuid()}")
 
 
 def dump(config: Config) -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import daemon
+
+from . import instance
 
 EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -101,30 +102,9 @@ def stop(pidfile: Path, timeout: float) -> int:
     if pid is None:
         print(f"thumbwatch is not running (no live daemon holds {pidfile})")
         return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if instance.stop(pid, timeout, lambda: running_pid(pidfile)):
+        print(f"stopped thumbwatch (pid {pid})")
         return 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running_pid(pidfile) is None and not _alive(pid):
-            print(f"stopped thumbwatch (pid {pid})")
-            return 0
-        time.sleep(0.1)
     print(f"thumbwatch (pid {pid}) did not stop within {timeout:g} s")
     return 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 

@@ -7,6 +7,7 @@ what counts and where it lands. Pure path arithmetic: no file is opened here.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -177,11 +178,37 @@ class FolderRules:
         return not (self.wants(stem) and not self._keeps_name(stem, fmt))
 
 
+NAME_MAX = 255  # bytes in one file name, on every Linux file system we write to
+
+
 def temp_path_for(final: str, pid: int | None = None) -> str:
     """A temp name beside the final path: same folder (so rename is atomic), hidden, ours, and
-    naming the writing process, so the master can remove what a killed worker left behind."""
+    naming the writing process, so the master can remove what a killed worker left behind.
+
+    Never longer than NAME_MAX bytes: for a long name the middle is replaced by a hash of the
+    whole name, keeping its start and its extension, so a name the file system can hold always
+    gets a temp name it can hold too (and the same one every time, for the same pid)."""
     folder, name = os.path.split(final)
-    return os.path.join(folder, f"{TEMP_PREFIX}{pid or os.getpid()}-{name}.tmp")
+    head = f"{TEMP_PREFIX}{pid or os.getpid()}-"
+    temp = f"{head}{name}.tmp"
+    if len(os.fsencode(temp)) <= NAME_MAX:
+        return os.path.join(folder, temp)
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > 16:
+        ext = ""
+    room = NAME_MAX - len(os.fsencode(f"{head}~{digest}{ext}.tmp"))
+    return os.path.join(folder, f"{head}{_cut(stem, room)}~{digest}{ext}.tmp")
+
+
+def _cut(text: str, limit: int) -> str:
+    """The longest start of `text` whose file-system encoding fits in `limit` bytes (whole characters only)."""
+    used = 0
+    for i, char in enumerate(text):
+        used += len(os.fsencode(char))
+        if used > limit:
+            return text[:i]
+    return text
 
 
 def is_our_temp(name: str) -> bool:

@@ -13,6 +13,7 @@ Expected failures raise RenderError with a human reason; anything else is a bug.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -25,7 +26,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from . import __version__, colour, freedesktop, preview
 from .config import OutputConfig, SizeSpec
-from .paths import JPEG_EXTS, Target, temp_path_for
+from .paths import JPEG_EXTS, NAME_MAX, Target, temp_path_for
 
 # Lanczos from at least this many times the target size after the integer reduce: with 3.0
 # Pillow documents the result as indistinguishable from a full Lanczos resample.
@@ -53,6 +54,7 @@ UPRIGHT = {
 MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
         "TIFF": "image/tiff", "BMP": "image/bmp", "AVIF": "image/avif", "HEIF": "image/heif"}
 _JPEG_SEGMENT = 65533
+PATH_MAX = 4096  # bytes in a path, with its terminating NUL (Linux)
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation(?:="|>))[1-8]')
 
 
@@ -125,6 +127,8 @@ def _open(src: str) -> int:
     except PermissionError:
         raise RenderError("permission denied") from None
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise RenderError(_too_long(src, "")) from None
         raise RenderError(f"cannot open: {os.strerror(err.errno) if err.errno else err}") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
@@ -417,7 +421,7 @@ def _jpeg_frame(f) -> tuple[int, int, int, int] | str:
             marker, length = prefix[1], int.from_bytes(prefix[2:4], "big")
             if marker in (0xDA, 0xD9):
                 return "corrupt JPEG (image data before any frame header)"
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # F7: JPEG-LS
                 frame = f.read(5)
                 if len(frame) < 5:
                     return "truncated JPEG (frame header cut short)"
@@ -449,16 +453,35 @@ def _jpeg_header_problem(f) -> str:
     frame = _jpeg_frame(f)
     if isinstance(frame, str):
         return frame
-    marker, precision, width, height = frame
-    if marker in (0xC3, 0xC7, 0xCB, 0xCF):
-        return "unsupported JPEG (lossless)"
-    if precision != 8:
-        return f"unsupported JPEG ({precision}-bit precision)"
-    if marker in (0xC5, 0xC6, 0xCD, 0xCE):
-        return "unsupported JPEG (hierarchical)"
+    unsupported = _unsupported_jpeg(frame)
+    if unsupported:
+        return unsupported
+    _marker, _precision, width, height = frame
     if height == 0 or width == 0:
         return f"corrupt JPEG header (declares {width}×{height} pixels)"
     return "corrupt JPEG header"
+
+
+# Frame markers of JPEG variants libjpeg (so Pillow) cannot decode. Arithmetic coding (SOF9-11)
+# is not here: the libjpeg-turbo in Pillow's wheels decodes it.
+_JPEG_VARIANTS = {0xF7: "JPEG-LS", 0xC3: "lossless", 0xC7: "lossless, hierarchical", 0xCB: "lossless, arithmetic",
+                  0xCF: "lossless, hierarchical", 0xC5: "hierarchical", 0xC6: "hierarchical", 0xCD: "hierarchical",
+                  0xCE: "hierarchical"}
+
+
+def _unsupported_jpeg(frame: tuple[int, int, int, int] | str) -> str | None:
+    """"unsupported JPEG (...)" for a valid JPEG variant we cannot decode, so it is never called
+    corrupt (which tells people to delete good files); None for a baseline/progressive frame."""
+    if isinstance(frame, str):
+        return None
+    marker, precision, _width, _height = frame
+    if marker == 0xF7 or marker in (0xC3, 0xC7, 0xCB, 0xCF):
+        return f"unsupported JPEG ({_JPEG_VARIANTS[marker]})"
+    if precision != 8:
+        return f"unsupported JPEG ({precision}-bit precision)"
+    if marker in _JPEG_VARIANTS:
+        return f"unsupported JPEG ({_JPEG_VARIANTS[marker]})"
+    return None
 
 
 def _reason(err: BaseException, kind: str | None, f) -> str:
@@ -471,6 +494,10 @@ def _reason(err: BaseException, kind: str | None, f) -> str:
         return f"image too large: {text}"
     if isinstance(err, OSError) and err.errno is not None:
         return f"read error: {os.strerror(err.errno)}"
+    if kind == "jpeg":
+        unsupported = _unsupported_jpeg(_jpeg_frame(f))  # Pillow opens these, then fails to decode
+        if unsupported:
+            return unsupported
     lowered = text.lower()
     if "truncated" in lowered:
         if kind == "jpeg" and "file read" in lowered:
@@ -617,6 +644,9 @@ def _write(thumb: Image.Image, target: Target, output: OutputConfig, st: os.stat
            fd_info: PngImagePlugin.PngInfo | None) -> None:
     thumb, params = _save_params(thumb, target.size, output, meta, fd_info)
     private = output.style == "freedesktop"
+    too_long = _too_long(target.path, " for the output file system")
+    if too_long:
+        raise RenderError(too_long)  # this photo's thumbnail can't exist; the others can
     temp = temp_path_for(target.path)
     folder = os.path.dirname(target.path)
     created = False
@@ -633,11 +663,23 @@ def _write(thumb: Image.Image, target: Target, output: OutputConfig, st: os.stat
         os.replace(temp, target.path)
     except OSError as err:
         _discard(temp, created)
+        if err.errno == errno.ENAMETOOLONG:  # a file system with shorter names than NAME_MAX
+            raise RenderError(f"name too long for the output file system: {target.path}") from None
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise OutputError(f"cannot write {target.path}: {reason}", err.errno) from None
     except BaseException:
         _discard(temp, created)
         raise
+
+
+def _too_long(path: str, where: str) -> str:
+    """Why `path` cannot be used on Linux, or "" when it can."""
+    name, full = len(os.fsencode(os.path.basename(path))), len(os.fsencode(path))
+    if name > NAME_MAX:
+        return f"name too long{where}: {name} bytes, the limit is {NAME_MAX}"
+    if full >= PATH_MAX:
+        return f"path too long{where}: {full} bytes, the limit is {PATH_MAX - 1}"
+    return "cannot open: file name too long" if not where else ""
 
 
 def _discard(temp: str, created: bool) -> None:
