@@ -561,7 +561,7 @@ class RenderHost:
             pipe.hincrby(self.keys.tries(key), "n", 1)
             pipe.hget(self.keys.tries(key), "how")
             pipe.expire(self.keys.tries(key), dedupe_ttl(self.config))
-            pipe.set(self.keys.in_hand(task_id), key, ex=dedupe_ttl(self.config))
+            pipe.set(self.keys.in_hand(task_id), f"{key} {os.getpid()}", ex=dedupe_ttl(self.config))
             queued, starts, how, _, _ = self._retrying(pipe.execute)
             if not queued:
                 continue  # reported before this task came round again
@@ -699,7 +699,7 @@ def _note_lost(task_id: str, how: str, pid: int | None) -> None:
         if not key:
             logger.info("pool process pid=%s %s (its photo's time limit, or between photos); replaced", pid, how)
             return
-        key = key.decode()
+        key = key.decode().split()[0]
         client.hset(keys.tries(key), "how", how)
         starts = int(client.hget(keys.tries(key), "n") or 1)
         m = {"k": "lost", "key": key, "h": name, "pid": pid, "r": how, "n": starts}
