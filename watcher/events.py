@@ -1,11 +1,15 @@
-"""The watchdog event handler: classify each event, filter by name, enqueue. Never opens a photo.
+"""The watchdog event handler: classify each event, filter by name, tell the master. Never opens
+a photo, never touches the file system.
 
 A photo counts as arrived when it is closed after writing (inotify close-write) or renamed
 or moved into a watched folder. Creation and modification alone mean "still being written"
-and are ignored under inotify; the polling observer has no close events, so there they hand
-the path to the master's settler, which queues it once its size and mtime stop changing.
-Anything that needs the file system (scanning a new folder, deleting thumbnails) goes to the
-master as a notice, so this thread stays quick and cannot die of an I/O error.
+and are ignored under inotify (a new hard link aside: it is created complete); the polling
+observer has no close events, so there they go to the master's settler, which queues the path
+once its size and mtime stop changing.
+
+Everything goes to the master as a notice, on one ordered channel: a delete and a create of the
+same name, or a folder's rename and the moves of the photos inside it, are acted on in the
+order they happened.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from watchdog.events import (
@@ -28,24 +33,30 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from .jobs import JobQueue
 from .paths import PathRules
 
 logger = logging.getLogger(__name__)
 
-# Notices for the master: (kind, path). Kinds: "settle", "new-dir", "deleted", "dir-gone".
-Notice = tuple[str, str]
+
+@dataclass(frozen=True)
+class Notice:
+    """What the observer saw, for the master. Kinds:
+    arrived, settle, created, deleted (a photo); new-dir, dir-moved, dir-deleted (a folder)."""
+
+    kind: str
+    path: str
+    dest: str = ""
+
 
 # What the handler acts on under inotify. Passed as the watch's event filter, it also narrows
 # the kernel's inotify mask: without it every write() of a copy in progress (IN_MODIFY) and
 # every worker opening a photo (IN_OPEN, IN_CLOSE_NOWRITE) wakes the master's observer thread.
-INOTIFY_EVENTS = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+INOTIFY_EVENTS = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, FileCreatedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
 
 
 class PhotoEventHandler(FileSystemEventHandler):
-    def __init__(self, rules: PathRules, jobs: JobQueue, notify: Callable[[Notice], None], *, polling: bool):
-        self.rules = rules
-        self.jobs = jobs
+    def __init__(self, rules: Callable[[], PathRules], notify: Callable[[Notice], None], *, polling: bool):
+        self.rules = rules  # read at every event, so a reload needs no access to the observer's handlers
         self.notify = notify
         self.polling = polling
 
@@ -57,39 +68,42 @@ class PhotoEventHandler(FileSystemEventHandler):
             logger.exception("event handler failed on %r", event)
 
     def classify(self, event: FileSystemEvent) -> None:
+        rules = self.rules()
         src = _text(event.src_path)
         if isinstance(event, FileClosedEvent):
-            self._arrived(src)
+            self._arrived(rules, src)
         elif isinstance(event, FileMovedEvent):
             dest = _text(event.dest_path)
-            if src and self.rules.wants(src):
-                self.notify(("deleted", src))
+            if src and rules.wants(src):
+                self.notify(Notice("deleted", src))
             if dest:
-                self._arrived(dest)
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
-            if self.polling and self.rules.wants(src):
-                self.notify(("settle", src))
+                self._arrived(rules, dest)
+        elif isinstance(event, FileCreatedEvent):
+            if rules.wants(src):
+                self.notify(Notice("settle" if self.polling else "created", src))
+        elif isinstance(event, FileModifiedEvent):
+            if self.polling and rules.wants(src):
+                self.notify(Notice("settle", src))
         elif isinstance(event, FileDeletedEvent):
-            if self.rules.wants(src):
-                self.notify(("deleted", src))
+            if rules.wants(src):
+                self.notify(Notice("deleted", src))
         elif isinstance(event, DirCreatedEvent):
-            if self.rules.wants_dir(src):
-                self.notify(("new-dir", src))
+            if rules.wants_dir(src):
+                self.notify(Notice("new-dir", src))
         elif isinstance(event, DirMovedEvent):
             dest = _text(event.dest_path)
-            if dest and self.rules.wants_dir(dest):
-                self.notify(("new-dir", dest))
+            inside = dest and rules.wants_dir(dest)
+            if src and rules.root_of(src) is not None and src not in rules.roots:
+                self.notify(Notice("dir-moved", src, dest if inside else ""))
+            elif inside:
+                self.notify(Notice("new-dir", dest))
         elif isinstance(event, DirDeletedEvent):
-            if src in self.rules.roots:
-                self.notify(("dir-gone", src))
+            if rules.root_of(src) is not None:
+                self.notify(Notice("dir-deleted", src))
 
-    def _arrived(self, path: str) -> None:
-        if not self.rules.wants(path):
-            return
-        if self.polling:
-            self.notify(("settle", path))
-        elif not self.jobs.offer(path):
-            logger.debug("queue full, %s will be found by the next rescan", path)
+    def _arrived(self, rules: PathRules, path: str) -> None:
+        if rules.wants(path):
+            self.notify(Notice("settle" if self.polling else "arrived", path))
 
 
 def _text(path: Any) -> str:

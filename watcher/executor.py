@@ -135,6 +135,9 @@ class Executor(Protocol):
     def in_flight(self) -> int:
         """Jobs taken and not yet reported."""
 
+    def in_hand(self) -> int:
+        """Of those, the ones being rendered right now (not waiting in a prefetch slot)."""
+
     def resize(self, count: int) -> None:
         """A reload changed workers.count."""
 

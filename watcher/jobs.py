@@ -1,9 +1,14 @@
-"""The bounded, coalescing queue between the producers (observer, scans) and the master's dispatcher.
+"""The bounded, coalescing queue of paths waiting to be rendered, in two lanes.
 
-A path already waiting is not queued twice (duplicate events coalesce). The observer thread
-never blocks: when the queue is full it drops the path and raises `overflowed`, and the master
-answers with a rescan once there is room, which finds every dropped photo again by its stale
-thumbnail. Scans, which may wait, block for room instead.
+The live lane holds what a person just did (the observer's events, `thumbwatch retry`); the
+scan lane holds what catch-up and rescans found. A worker that comes free takes from the live
+lane first, so a photo dropped during a 100,000-photo catch-up waits only for a worker, not for
+the catch-up. Each lane has its own bound, so a scan can never fill the room live events need.
+
+A path already waiting is not queued twice (duplicate events coalesce; a live event for a path
+the scan already queued moves it to the live lane). A full live lane drops the path and raises
+`overflowed`: the master answers with a rescan once there is room, which finds every dropped
+photo again by its stale thumbnail. Scans, which may wait, block for room instead.
 """
 
 from __future__ import annotations
@@ -12,58 +17,75 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+LIVE, SCAN = "live", "scan"
+
 
 class JobQueue:
     def __init__(self, maxsize: int, wake: Callable[[], None] = lambda: None):
         self.maxsize = maxsize
-        self._paths: OrderedDict[str, None] = OrderedDict()
+        self._live: OrderedDict[str, None] = OrderedDict()
+        self._scan: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
         self._wake = wake
         self.overflowed = False
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._live) + len(self._scan)
+
+    def lane_of(self, path: str) -> str | None:
+        with self._cond:
+            return LIVE if path in self._live else SCAN if path in self._scan else None
+
+    def lengths(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._live), len(self._scan)
 
     def offer(self, path: str) -> bool:
-        """Queue without blocking; False if the queue was full (and `overflowed` is now set)."""
+        """Queue in the live lane without blocking; False if it was full (`overflowed` is set)."""
         with self._cond:
-            if path in self._paths:
+            if path in self._live:
                 return True
-            if len(self._paths) >= self.maxsize:
+            if len(self._live) >= self.maxsize:
                 self.overflowed = True
                 return False
-            self._paths[path] = None
+            if self._scan.pop(path, 0) is None:
+                self._cond.notify()  # room in the scan lane
+            self._live[path] = None
         self._wake()
         return True
 
     def put(self, path: str, stop: threading.Event) -> bool:
-        """Queue, waiting for room; False only if `stop` was set while waiting."""
+        """Queue in the scan lane, waiting for room; False only if `stop` was set while waiting."""
         with self._cond:
-            while path not in self._paths and len(self._paths) >= self.maxsize:
+            while path not in self._live and path not in self._scan and len(self._scan) >= self.maxsize:
                 if stop.is_set():
                     return False
                 self._cond.wait(0.2)
-            self._paths[path] = None
+            if path not in self._live:
+                self._scan[path] = None
         self._wake()
         return True
 
     def pop(self) -> str | None:
         with self._cond:
-            if not self._paths:
-                return None
-            path, _ = self._paths.popitem(last=False)
-            self._cond.notify()
-            return path
+            if self._live:
+                return self._live.popitem(last=False)[0]
+            if self._scan:
+                path = self._scan.popitem(last=False)[0]
+                self._cond.notify()
+                return path
+            return None
 
-    def discard(self, path: str) -> None:
+    def discard(self, path: str) -> bool:
         with self._cond:
-            self._paths.pop(path, None)
+            found = self._live.pop(path, 0) is None or self._scan.pop(path, 0) is None
             self._cond.notify()
+            return found
 
     def take_overflow(self) -> bool:
-        """True once per overflow, when the queue has room again to take a rescan's findings."""
+        """True once per overflow, when the live lane has room again."""
         with self._cond:
-            if self.overflowed and len(self._paths) < self.maxsize:
+            if self.overflowed and len(self._live) < self.maxsize:
                 self.overflowed = False
                 return True
             return False

@@ -50,12 +50,37 @@ class PathRules:
         self.dotless_photos = any("." not in p or "[" in p for p in config.watch.patterns)
         self.output_roots = tuple(self._output_root(root) for root in self.roots)
         self._folders: dict[str, FolderRules] = {}
+        self._real_roots: dict[str, str] = {}
 
     def root_of(self, path: str) -> str | None:
         for root in self.roots:
             if path == root or path.startswith(root + os.sep):
                 return root
         return None
+
+    def followable(self, path: str) -> bool:
+        """With watch.follow_symlinks off, a path counts only if no symlink leads to it from its
+        watched folder: neither the file itself nor any folder between (a folder linked in
+        from elsewhere, a link to `..`). The one rule for events, scans and admission."""
+        if self.config.watch.follow_symlinks:
+            return True
+        root = self.root_of(path)
+        if root is None:
+            return False
+        real_root = self._real_roots.get(root)
+        if real_root is None:
+            real_root = self._real_roots[root] = os.path.realpath(root)
+        rel = path[len(root) + 1 :]
+        return os.path.realpath(path) == (os.path.join(real_root, rel) if rel else real_root)
+
+    def names_photo(self, name: str) -> bool:
+        """Does a file name match watch.patterns (whatever its folder)?"""
+        return any(p.match(name) for p in self._patterns)
+
+    def sweepable(self) -> bool:
+        """Can a reconciliation tell our thumbnails by name? Not in the shared freedesktop
+        cache, and not when a size names its files by a template of its own."""
+        return self.config.output.style != "freedesktop" and all(s.template == "{stem}{ext}" for s in self.config.output.sizes)
 
     def _output_root(self, root: str) -> str:
         out = self.config.output.dir

@@ -1,10 +1,10 @@
-"""The supervisor of worker processes: spawn, hand out jobs, reap, replace, drain.
+"""The local executor: a fixed pool of worker processes, one pipe each.
 
-Each worker has its own pipe and holds at most PREFETCH jobs (the photo in hand and the next
-one, so it never sits idle waiting for the master on a busy 2-core box), and the master always
-knows which photo a worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo is retried
-and a replacement is started. A shared multiprocessing.Queue can't give that: a worker killed
-while reading it leaves the queue's lock held and the whole pool hangs, which is exactly where
+Each worker holds at most PREFETCH jobs (the photo in hand and the next one, so it never sits
+idle waiting for the master on a busy 2-core box), and the pool always knows which photo a
+worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo comes back as Lost and
+a replacement is started. A shared multiprocessing.Queue can't give that: a worker killed while
+reading it leaves the queue's lock held and the whole pool hangs, which is exactly where
 multiprocessing.Pool and ProcessPoolExecutor fall down.
 
 Workers are spawned (fork+exec), never forked from the threaded master. Not a forkserver:
@@ -21,9 +21,12 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from . import logsetup, messages as msg
+from .executor import Crashed, ExecutorBroken, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
+from .paths import temp_path_for
 from .worker import STOP_SIGNALS, worker_main
 
 logger = logging.getLogger(__name__)
@@ -32,21 +35,17 @@ PREFETCH = 2
 
 # A worker that dies this many times in a row before saying hello cannot boot: stop trying.
 BOOT_FAILURE_LIMIT = 5
+BOOT_TIMEOUT = 60.0
 
 
-class PoolBroken(Exception):
-    """Workers cannot start at all (bad install, memory cap too low): respawning would loop."""
-
-
-@dataclass
-class Job:
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    targets: tuple = ()  # the photo's thumbnails (paths.Target), worked out once
-    attempts: int = 0
-    queued_at: float = field(default_factory=time.monotonic)
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Worker:
     process: Any
     conn: Connection
     booted: bool = False
-    jobs: deque = field(default_factory=deque)  # jobs[0] is in hand; the rest wait in its pipe
+    jobs: deque[Job] = field(default_factory=deque)  # jobs[0] is in hand; the rest wait in its pipe
     started: float = 0.0  # when the photo in hand was started
     retiring: bool = False
     settings: Any = None  # the render settings this worker was last sent
@@ -68,23 +67,13 @@ class Worker:
         return self.jobs[0] if self.jobs else None
 
 
-@dataclass
-class Death:
-    """A worker that exited without being asked to, and the jobs it held: the one in hand first."""
+class LocalPool:
+    """The Executor (see executor.py) made of local worker processes."""
 
-    pid: int
-    exitcode: int | None
-    jobs: list[Job]
-
-    @property
-    def job(self) -> Job | None:
-        return self.jobs[0] if self.jobs else None
-
-
-class WorkerPool:
-    def __init__(self, count: int, memory_limit_mb: int):
+    def __init__(self, count: int, *, memory_mb: int, photo_timeout: float):
         self.count = count
-        self.memory_limit_mb = memory_limit_mb
+        self.memory_mb = memory_mb
+        self.photo_timeout = photo_timeout
         self.ctx = multiprocessing.get_context("spawn")
         # Set when draining: a worker then skips the jobs waiting in its pipe (they are found
         # again at the next start) and finishes only the photo in hand.
@@ -93,13 +82,21 @@ class WorkerPool:
         self.boot_failures = 0
         self.draining = False
 
+    # ---- start ---------------------------------------------------------------------------
+
     def start(self) -> None:
+        """Start the workers and wait until every one has said hello: ready means rendering."""
         for _ in range(self.count):
             self.spawn_worker()
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while any(not w.booted for w in self.workers) and time.monotonic() < deadline:
+            ready = wait(self.waitables(), 0.5)
+            for outcome in self.collect(ready, time.monotonic()):
+                logger.error("unexpected %s while starting", type(outcome).__name__)
 
     def spawn_worker(self) -> Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=worker_main, args=(child, self.memory_limit_mb, self.draining_flag), name="thumbwatch-worker", daemon=False)
+        process = self.ctx.Process(target=worker_main, args=(child, self.memory_mb, self.draining_flag), name="thumbwatch-worker", daemon=False)
         # The child inherits a blocked mask, so a Ctrl-C or TERM arriving while it imports cannot
         # kill it; worker_main ignores both before unblocking. The master gets its signal on unblock.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -113,72 +110,93 @@ class WorkerPool:
         logger.debug("worker started pid=%s", worker.pid)
         return worker
 
-    def pids(self) -> list[int]:
-        return [w.pid for w in self.workers]
+    # ---- jobs ----------------------------------------------------------------------------
 
-    def free_slots(self, depth: int = PREFETCH) -> list[Worker]:
-        """Workers that can take a job now, emptiest first; each appears once per free slot."""
-        usable = [w for w in self.workers if w.booted and not w.retiring and not self.draining]
-        slots = []
-        for level in range(depth):
-            slots.extend(w for w in usable if len(w.jobs) <= level)
-        return slots
+    def _usable(self) -> list[Worker]:
+        return [w for w in self.workers if w.booted and not w.retiring and not self.draining]
 
-    def busy(self) -> list[Worker]:
-        return [w for w in self.workers if w.job is not None]
+    def capacity(self) -> int:
+        return sum(max(0, PREFETCH - len(w.jobs)) for w in self._usable())
 
-    def waitables(self) -> list[Any]:
-        return [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
-
-    def assign(self, worker: Worker, job: Job, payload: tuple, settings: Any) -> None:
-        """Send a job; the render settings go along only when they changed (a reload), not
-        pickled with every photo."""
+    def submit(self, job: Job, settings: Any) -> None:
+        """To the emptiest worker. The render settings go along only when they changed (a
+        reload), not pickled with every photo."""
+        worker = min(self._usable(), key=lambda w: len(w.jobs))
         if worker.settings is not settings:
-            worker.conn.send(("settings", settings))
+            worker.conn.send(msg.UseSettings(settings))
             worker.settings = settings
         if not worker.jobs:
             worker.started = time.monotonic()
         worker.jobs.append(job)
-        worker.conn.send(payload)
+        worker.conn.send(msg.RenderPhoto(job.id, job.path, job.targets))
 
-    def collect(self, ready: list[Any]) -> tuple[list[tuple[Worker, tuple]], list[Death]]:
-        """Messages from workers whose pipe is readable, and workers that died."""
-        messages: list[tuple[Worker, tuple]] = []
-        deaths: list[Death] = []
-        ready_set = set(id(r) for r in ready)
+    def in_flight(self) -> int:
+        return sum(len(w.jobs) for w in self.workers)
+
+    def in_hand(self) -> int:
+        return sum(1 for w in self.workers if w.jobs)
+
+    def next_deadline(self) -> float | None:
+        starts = [w.started for w in self.workers if w.jobs]
+        return min(starts) + self.photo_timeout if starts else None
+
+    def waitables(self) -> list[Any]:
+        return [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
+
+    # ---- what came back ------------------------------------------------------------------
+
+    def collect(self, ready: list[Any], now: float) -> list[Outcome]:
+        """Messages from workers whose pipe is readable, workers that died, photos over their
+        time limit; then replacements for the workers that are gone."""
+        outcomes: list[Outcome] = []
+        ready_ids = {id(r) for r in ready}
         for worker in list(self.workers):
-            if id(worker.conn) in ready_set or id(worker.process.sentinel) in ready_set:
+            if id(worker.conn) in ready_ids or id(worker.process.sentinel) in ready_ids:
                 try:
                     while worker.conn.poll():
-                        messages.append((worker, worker.conn.recv()))
+                        outcome = self._on_message(worker, worker.conn.recv())
+                        if outcome is not None:
+                            outcomes.append(outcome)
                 except (EOFError, OSError):
                     pass
-            if id(worker.process.sentinel) in ready_set or not worker.process.is_alive():
+            if id(worker.process.sentinel) in ready_ids or not worker.process.is_alive():
                 worker.process.join(0.5)
-                if worker.process.exitcode is None:
-                    continue
-                deaths.extend(self._reaped(worker))
-        return messages, deaths
+                if worker.process.exitcode is not None:
+                    outcomes.extend(self._reaped(worker))
+        outcomes.extend(self._check_deadlines(now))
+        self.replace_missing()
+        return outcomes
 
-    def _reaped(self, worker: Worker) -> list[Death]:
-        self.workers.remove(worker)
-        worker.conn.close()
-        code = worker.process.exitcode
-        if worker.retiring or self.draining:
-            if code != 0:
-                logger.warning("worker exited pid=%s code=%s while stopping", worker.pid, code)
-            return [Death(worker.pid, code, list(worker.jobs))] if worker.jobs else []
-        if not worker.booted:
-            self.boot_failures += 1
-            if self.boot_failures >= BOOT_FAILURE_LIMIT:
-                raise PoolBroken(f"{self.boot_failures} workers in a row died before starting (last exit code {code})")
-        return [Death(worker.pid, code, list(worker.jobs))]
+    def _on_message(self, worker: Worker, message: Any) -> Outcome | None:
+        match message:
+            case msg.Hello():
+                worker.booted = True
+                self.boot_failures = 0
+                return None
+            case msg.LogRecord(record=record):
+                logsetup.handle_forwarded(record)
+                return None
+        job = self._finish(worker)
+        if job is None or getattr(message, "job_id", None) != job.id:
+            logger.error("worker pid=%s sent %r for a job it does not hold", worker.pid, message)
+            return None
+        match message:
+            case msg.Done(outputs=outputs, ms=ms):
+                return Rendered(job, ms, outputs)
+            case msg.CannotRender(reason=reason, ms=ms):
+                return Failed(job, reason, ms)
+            case msg.Gone(reason=reason):
+                return Vanished(job, reason)
+            case msg.CannotWrite(reason=reason, errno=err_no):
+                return OutputBlocked(job, reason, err_no)
+            case msg.NotStarted():
+                return Returned(job)
+            case msg.Bug(traceback=tb):
+                return Crashed(job, tb)
+        logger.error("worker pid=%s sent a message the master does not know: %r", worker.pid, message)
+        return Returned(job)
 
-    def booted(self, worker: Worker) -> None:
-        worker.booted = True
-        self.boot_failures = 0
-
-    def finish(self, worker: Worker) -> Job | None:
+    def _finish(self, worker: Worker) -> Job | None:
         """The photo in hand is done; the worker has already started the next one, if any."""
         if not worker.jobs:
             return None
@@ -186,6 +204,56 @@ class WorkerPool:
         if worker.jobs:
             worker.started = time.monotonic()
         return job
+
+    def _reaped(self, worker: Worker) -> list[Outcome]:
+        self.workers.remove(worker)
+        worker.conn.close()
+        code = worker.process.exitcode
+        how = describe_exit(code)
+        held = list(worker.jobs)
+        self._remove_temps(worker)
+        if worker.retiring or self.draining:
+            if code != 0:
+                logger.warning("worker exited pid=%s %s while stopping", worker.pid, how)
+            return [Returned(job) for job in held]
+        if not worker.booted:
+            self.boot_failures += 1
+            logger.error("worker exited pid=%s %s while starting", worker.pid, how)
+            if self.boot_failures >= BOOT_FAILURE_LIMIT:
+                raise ExecutorBroken(f"{self.boot_failures} workers in a row died before starting (last: {how})")
+            return [Returned(job) for job in held]
+        if not held:
+            logger.error("worker exited pid=%s %s, restarting it", worker.pid, how)
+            return []
+        return [Lost(held[0], f"pid={worker.pid}", how)] + [Returned(job) for job in held[1:]]
+
+    def _check_deadlines(self, now: float) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for worker in list(self.workers):
+            if worker.jobs and not self.draining and now - worker.started > self.photo_timeout:
+                job = worker.jobs.popleft()
+                self.kill_worker(worker)
+                worker.process.join(5)
+                worker.conn.close()
+                self.workers.remove(worker)
+                self._remove_temps(worker, job)
+                logger.info("killed worker pid=%s for its photo's time limit; starting a new one", worker.pid)
+                outcomes.append(TimedOut(job, self.photo_timeout))
+                outcomes.extend(Returned(waiting) for waiting in worker.jobs)
+        return outcomes
+
+    def _remove_temps(self, worker: Worker, job: Job | None = None) -> None:
+        """A killed worker may leave a temp output behind: it is ours by name, remove it."""
+        job = job or worker.job
+        if job is None:
+            return
+        for target in job.targets:
+            try:
+                os.unlink(temp_path_for(target.path, worker.pid))
+            except OSError:
+                pass
+
+    # ---- size and stop -------------------------------------------------------------------
 
     def replace_missing(self) -> int:
         """Start workers until the pool has `count` that are not retiring."""
@@ -204,11 +272,15 @@ class WorkerPool:
             self.retire(worker)
         self.replace_missing()
 
+    def set_limits(self, *, memory_mb: int, photo_timeout: float) -> None:
+        self.memory_mb = memory_mb  # for workers started from now on
+        self.photo_timeout = photo_timeout
+
     def retire(self, worker: Worker) -> None:
         """A poison pill: the worker finishes the photo in hand (the pipe is ordered) and exits."""
         worker.retiring = True
         try:
-            worker.conn.send(None)
+            worker.conn.send(msg.STOP)
         except OSError:
             pass
 
@@ -219,26 +291,28 @@ class WorkerPool:
             if not worker.retiring:
                 self.retire(worker)
 
+    def finished(self) -> bool:
+        return not self.workers
+
     def kill_worker(self, worker: Worker, sig: int = signal.SIGKILL) -> None:
         try:
             os.kill(worker.pid, sig)
         except ProcessLookupError:
             pass
 
-    def remove(self, worker: Worker) -> list[Job]:
-        """Forget a worker the master killed on purpose; returns the jobs that waited in its pipe."""
-        worker.process.join(5)
-        worker.conn.close()
-        self.workers.remove(worker)
-        return list(worker.jobs)
-
-    def kill_all(self) -> list[Worker]:
-        """Stop at once: SIGKILL every worker (they ignore SIGTERM) and reap them."""
+    def stop_now(self) -> list[Outcome]:
+        """SIGKILL every worker (they ignore SIGTERM), reap them, and hand back what they held."""
         victims = list(self.workers)
         for worker in victims:
             self.kill_worker(worker)
+        outcomes: list[Outcome] = []
         for worker in victims:
             worker.process.join(5)
             worker.conn.close()
+            self._remove_temps(worker)
+            outcomes.extend(Returned(job) for job in worker.jobs)
         self.workers.clear()
-        return victims
+        return outcomes
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": [w.pid for w in self.workers]}

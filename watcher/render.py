@@ -66,6 +66,10 @@ class PhotoVanished(RenderError):
     """The photo was deleted or renamed before we got to it: normal, not an error."""
 
 
+class PhotoChanged(PhotoVanished):
+    """Replaced or rewritten while it was rendered: the master renders it again once it settles."""
+
+
 class OutputError(RenderError):
     """The thumbnail could not be written (disk full, folder unwritable): retry later."""
 
@@ -97,10 +101,12 @@ class _Plan:
     upscaled: bool
 
 
+# Our limits.max_pixels, checked from each photo's header, is the limit; Pillow's own bomb
+# check would refuse or warn at a different number. Set once, for every process that renders.
+Image.MAX_IMAGE_PIXELS = None
+
+
 def render(src: str, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:
-    # Our max_pixels, checked from the header below, is the limit; Pillow's own bomb check
-    # would refuse or warn at a different number.
-    Image.MAX_IMAGE_PIXELS = None
     fd = _open(src)
     with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
         # Pillow warns about corrupt EXIF and the like on stderr; what matters becomes a RenderError
@@ -114,7 +120,7 @@ def render(src: str, targets: Sequence[Target], settings: RenderSettings) -> Ren
             raise
     if settings.output.style == "freedesktop":
         freedesktop.forget_failure(src, __version__)
-    _check_still_there(src, result)
+    _check_unchanged(src, st, result)
     return result
 
 
@@ -137,16 +143,25 @@ def _open(src: str) -> int:
     return fd
 
 
-def _check_still_there(src: str, result: RenderResult) -> None:
-    """A photo deleted while we worked must not leave thumbnails behind (its delete event has passed)."""
-    if os.path.lexists(src):
+def _check_unchanged(src: str, opened: os.stat_result, result: RenderResult) -> None:
+    """A photo deleted, replaced or rewritten while we worked must not keep the thumbnails we
+    just wrote: they show what was there before, and carry a stamp that could pass for the
+    new file's (a replacement with the same mtime: tar x, cp -p). Its own event, or the
+    master, renders it again."""
+    try:
+        now = os.stat(src)
+    except OSError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino, now.st_ctime_ns) == (opened.st_dev, opened.st_ino, opened.st_ctime_ns):
         return
     for path, _w, _h in result.outputs:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    raise PhotoVanished("vanished while being thumbnailed")
+    if now is None:
+        raise PhotoVanished("vanished while being thumbnailed")
+    raise PhotoChanged("changed while being thumbnailed")
 
 
 def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:

@@ -1,8 +1,11 @@
-"""Catch-up and reconciliation walks: find every photo whose thumbnails are missing or stale.
+"""Catch-up and reconciliation walks: the guarantee behind the events' fast path.
 
-Stat only, never a decode: a thumbnail is up to date when it exists and carries the photo's
-mtime (render stamps it so). Files vanishing mid-walk are normal. The Scanner thread serves
-scan requests one after another and feeds the job queue, waiting for room when it is full.
+Stat only, never a decode. A full walk repairs both directions: every photo whose thumbnails
+are missing or stale is queued (admission's verdict decides), and every thumbnail no photo maps
+to any more — a photo deleted while we were down, a folder moved out, a size removed by a
+reload — is removed (only files we would have written, inside our own output trees). Files
+vanishing mid-walk are normal. The Scanner thread serves scan requests one after another and
+feeds the job queue's scan lane, waiting for room when it is full.
 """
 
 from __future__ import annotations
@@ -14,17 +17,24 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .jobs import JobQueue
-from .paths import PathRules, Target, is_our_temp
-from .state import FailureStore
+from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_our_temp
 
 logger = logging.getLogger(__name__)
+
+# What an output file of ours can be called: the extensions we write.
+OUR_EXTS = tuple(set(FORMAT_EXT.values()) | set(JPEG_EXTS))
 
 
 def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tuple[Target, ...]]]:
     """Every wanted photo below `top` (a watched root or a folder inside one), with its stat and
-    its thumbnails. Folder by folder, so the rules are worked out once per folder."""
+    its thumbnails. Folder by folder, so the rules are worked out once per folder.
+
+    With watch.follow_symlinks off no symlink is followed, to a file or a folder; with it on, a
+    folder is entered once however many links lead to it, and never when it is an output tree."""
     follow = rules.config.watch.follow_symlinks
+    if not os.path.isdir(top) or not rules.followable(top):
+        return
+    seen: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -33,13 +43,13 @@ def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tupl
             with os.scandir(folder) as entries:
                 for entry in entries:
                     try:
-                        if entry.is_dir(follow_symlinks=follow):
-                            if rules.wants_dir(entry.path) and (follow or not entry.is_symlink()):
+                        if entry.is_symlink() and not follow:
+                            continue
+                        if entry.is_dir():
+                            if rules.wants_dir(entry.path) and _first_visit(rules, entry, seen, follow):
                                 stack.append(entry.path)
-                        elif here.wants(entry.name) and entry.is_file(follow_symlinks=True):
-                            if entry.is_symlink() and not follow and not _inside_roots(rules, entry.path):
-                                continue
-                            yield entry.path, entry.stat(follow_symlinks=True), here.targets(entry.name)
+                        elif here.wants(entry.name) and entry.is_file():
+                            yield entry.path, entry.stat(), here.targets(entry.name)
                     except FileNotFoundError:
                         continue
         except (FileNotFoundError, NotADirectoryError):
@@ -48,19 +58,15 @@ def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tupl
             logger.warning("cannot read folder %s: %s", folder, err.strerror)
 
 
-def _inside_roots(rules: PathRules, link: str) -> bool:
-    real = os.path.realpath(link)
-    return any(real.startswith(root + os.sep) for root in rules.roots)
-
-
-def needs_render(rules: PathRules, photo: str, st: os.stat_result, targets: tuple[Target, ...] | None = None) -> bool:
-    for target in targets if targets is not None else rules.targets(photo):
-        try:
-            if os.stat(target.path).st_mtime_ns != st.st_mtime_ns:
-                return True
-        except OSError:
-            return True
-    return False
+def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]], follow: bool) -> bool:
+    if not follow:
+        return True
+    st = entry.stat()
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return not (entry.is_symlink() and rules.is_output(os.path.realpath(entry.path)))
 
 
 def remove_stale_temps(rules: PathRules) -> int:
@@ -78,6 +84,41 @@ def remove_stale_temps(rules: PathRules) -> int:
     return removed
 
 
+def could_be_ours(rules: PathRules, name: str) -> bool:
+    """Is `name` one we would give a thumbnail: a photo's own name, or a photo's name with the
+    extension of an output format added (x.jpeg.png)?"""
+    if name.startswith(".") or not name.lower().endswith(OUR_EXTS):
+        return False
+    stem, _ext = os.path.splitext(name)
+    return rules.names_photo(name) or rules.names_photo(stem)
+
+
+def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_ns: int) -> int:
+    """Remove files of ours below `tops` (output folders) that are not in `expected`, then the
+    folders that leaves empty (not the tops). A file written after `since_ns` (ctime) is a
+    thumbnail of a photo that arrived during the walk: kept."""
+    removed = 0
+    for top in tops:
+        for folder, _dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                path = os.path.join(folder, name)
+                if path in expected or not could_be_ours(rules, name):
+                    continue
+                try:
+                    if os.lstat(path).st_ctime_ns >= since_ns:
+                        continue
+                    os.unlink(path)
+                    removed += 1
+                except OSError:
+                    continue
+            if folder != top:
+                try:
+                    os.rmdir(folder)  # only succeeds when empty
+                except OSError:
+                    pass
+    return removed
+
+
 @dataclass
 class ScanReport:
     what: str
@@ -86,31 +127,30 @@ class ScanReport:
     skipped: int = 0
     known_failed: int = 0
     settling: int = 0
+    orphans: int = 0
     seconds: float = 0.0
-    complete: bool = True
 
 
 class Scanner(threading.Thread):
-    """Runs scan requests in order on its own thread; calls `done(report)` after each."""
+    """Runs scan requests in order on its own thread; calls `done(report)` after each.
 
-    def __init__(self, jobs: JobQueue, failures: FailureStore, settle: Callable[[str], None], done: Callable[[ScanReport], None], settle_seconds: float):
+    `admission` gives the verdict and takes the stale photos (scan lane); `settle(path)` hands a
+    path that may still be being written to the master."""
+
+    def __init__(self, admission, settle: Callable[[str], None], done: Callable[[ScanReport], None]):
         super().__init__(name="thumbwatch-scanner", daemon=True)
-        self.jobs = jobs
-        self.failures = failures
+        self.admission = admission
         self.settle = settle
         self.done = done
-        self.settle_seconds = settle_seconds
-        self.rules: PathRules | None = None
-        self._requests: list[tuple[str, tuple[str, ...]]] = []
+        self._requests: list[tuple[str, tuple[str, ...], PathRules]] = []
         self._cond = threading.Condition()
         self.stop_event = threading.Event()
         self.busy = False
 
     def request(self, what: str, tops: tuple[str, ...], rules: PathRules) -> None:
         with self._cond:
-            self.rules = rules
-            if (what, tops) not in self._requests:
-                self._requests.append((what, tops))
+            if not any(r[:2] == (what, tops) for r in self._requests):
+                self._requests.append((what, tops, rules))
             self._cond.notify()
 
     def idle(self) -> bool:
@@ -129,36 +169,46 @@ class Scanner(threading.Thread):
                     self._cond.wait()
                 if self.stop_event.is_set():
                     return
-                what, tops = self._requests.pop(0)
-                rules = self.rules
+                what, tops, rules = self._requests.pop(0)
                 self.busy = True
             try:
-                assert rules is not None
-                self.done(self._scan(what, tops, rules))
+                report = self.scan(what, tops, rules)
+                if report is not None:
+                    self.done(report)
             except Exception:
                 logger.exception("scan %s failed", what)
             finally:
                 with self._cond:
                     self.busy = False
 
-    def _scan(self, what: str, tops: tuple[str, ...], rules: PathRules) -> ScanReport:
+    def scan(self, what: str, tops: tuple[str, ...], rules: PathRules) -> ScanReport | None:
+        """One walk; None if stopped half-way. A walk of every watched folder also sweeps
+        orphans from the output trees."""
+        from .admission import FAILED_BEFORE, FRESH, SETTLE
+
         report = ScanReport(what)
         started = time.monotonic()
+        since_ns = time.time_ns()
+        whole = set(tops) == set(rules.roots) and rules.sweepable()
+        expected: set[str] = set()
         for top in tops:
             for photo, st, targets in walk(rules, top):
                 if self.stop_event.is_set():
-                    report.complete = False
-                    break
+                    return None
                 report.found += 1
-                if self.failures.known(photo, st):
+                if whole:
+                    expected.update(t.path for t in targets)
+                verdict = self.admission.verdict(photo, st, targets)
+                if verdict == FAILED_BEFORE:
                     report.known_failed += 1
-                elif not needs_render(rules, photo, st, targets):
+                elif verdict == FRESH:
                     report.skipped += 1
-                elif time.time() - st.st_mtime < self.settle_seconds:
-                    # Possibly still being written: let the settler queue it once it stops changing.
+                elif verdict == SETTLE:
                     report.settling += 1
                     self.settle(photo)
-                elif self.jobs.put(photo, self.stop_event):
+                elif self.admission.scanned(photo, self.stop_event):
                     report.queued += 1
+        if whole:
+            report.orphans = sweep_orphans(rules, [o for o in rules.output_roots if os.path.isdir(o)], expected, since_ns)
         report.seconds = time.monotonic() - started
         return report

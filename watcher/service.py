@@ -1,8 +1,12 @@
-"""The master: start order, the step() loop, signals, reload, drain, status.
+"""The supervisor: start order, the step() loop, signals, reload, drain, status.
 
-Start order: state → worker pool (before any thread) → observers → ready → catch-up scan.
-Signal handlers only record the signal; step() reads it and acts. step() waits on the
-workers' pipes and sentinels and a wake-up pipe, so an idle daemon sleeps in select().
+What to render is admission's business (admission.py), rendering is the executor's (pool.py
+locally, celery_backend.py for render hosts); this module only runs the loop that connects
+them. Start order: state → executor (workers spawned before any thread of ours) → observers →
+ready → catch-up scan. Signal handlers only record the signal; step() reads it and calls the
+one handler for that signal. step() waits on the executor's waitables and a wake-up pipe, so
+an idle daemon sleeps in select(). Whatever goes wrong in the loop, drain() still runs: the
+photos in hand finish and the failure records are saved before the process exits.
 """
 
 from __future__ import annotations
@@ -13,18 +17,17 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from . import __version__, config as config_mod, logsetup
+from .admission import Admission, Stats, remove_thumbnails
 from .config import Config, ConfigError
 from .events import Notice
-from .jobs import JobQueue
-from .paths import PathRules, shown, temp_path_for
-from .pool import PREFETCH, Death, Job, PoolBroken, Worker, WorkerPool
+from .executor import Executor, ExecutorBroken
+from .paths import PathRules, shown
 from .render import RenderSettings
-from .scan import Scanner, ScanReport, needs_render, remove_stale_temps
+from .scan import Scanner, ScanReport, remove_stale_temps, sweep_orphans
 from .state import STATUS, FailureStore, write_json_atomic
 from .systemd import Notifier
 from .watching import Watching
@@ -33,77 +36,49 @@ logger = logging.getLogger("watcher")
 
 PERIODIC = 0.5  # seconds between housekeeping passes
 STATUS_EVERY = 2.0
-OUTPUT_BACKOFF_MAX = 60.0
 
 
-@dataclass
-class Stats:
-    started: float = field(default_factory=time.time)
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    retried: int = 0
-    vanished: int = 0
-    render_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
+def make_executor(config: Config) -> Executor:
+    if getattr(config.workers, "backend", "local") == "celery":
+        from .celery_backend import CeleryExecutor
 
-    def percentile(self, q: float) -> float | None:
-        if not self.render_ms:
-            return None
-        ordered = sorted(self.render_ms)
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+        return CeleryExecutor(config)
+    from .pool import LocalPool
 
-
-@dataclass
-class OutputBlock:
-    """Thumbnails cannot be written (disk full, folder unwritable): hold work, probe with back-off."""
-
-    reason: str
-    errno: int | None
-    delay: float = 1.0
-    next_try: float = 0.0
-    probing: bool = False
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
+    return LocalPool(config.workers.count, memory_mb=config.limits.worker_memory_mb, photo_timeout=config.limits.photo_timeout)
 
 
 class Service:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None, one_shot: bool = False, base_dir: Path | None = None):
+    SIGNALS = {signal.SIGTERM: "handle_term", signal.SIGINT: "handle_int", signal.SIGHUP: "handle_hup"}
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, one_shot: bool = False,
+                 base_dir: Path | None = None, executor: Executor | None = None, clock=time.monotonic):
         self.config = config
         self.base_dir = base_dir or Path.cwd()
         self.notifier = notifier or Notifier()
         self.one_shot = one_shot
+        self.clock = clock
         self.rules = PathRules(config)
         self.settings = RenderSettings(config.output, config.limits.max_pixels)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.jobs = JobQueue(config.workers.queue_size, self.wake)
         self.failures = FailureStore(config.state.dir)
-        self.pool = WorkerPool(config.workers.count, config.limits.worker_memory_mb)
         self.stats = Stats()
+        self.admission = Admission(config, self.rules, self.failures, self.stats, wake=self.wake, clock=clock)
+        self.executor = executor or make_executor(config)
         self.notices: deque[Notice] = deque()
         self.signals: deque[int] = deque()
-        self.retry: deque[Job] = deque()
-        self.settling: dict[str, tuple[int, int, float]] = {}
-        self.job_ids = iter(range(1, 1 << 62))
         self.stopping = False
+        self.forced = False
         self.exit_code = 0
-        self.output_block: OutputBlock | None = None
         self.catchup_done = threading.Event()
         self.scanner: Scanner | None = None
-        self.watching = Watching(config, self.rules, self.jobs, self.notice, self._rescan)
+        self.watching = Watching(config, self.rules, self.notice, self.rescan)
         self._last_periodic = 0.0
         self._last_status = 0.0
         self._last_watchdog = 0.0
-        self._last_progress = time.monotonic()
+        self._last_progress = clock()
         self._progress_done = 0
-        self._last_rescan = time.monotonic()
+        self._last_rescan = clock()
         self._status_text = ""
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -115,6 +90,7 @@ class Service:
             pass  # already awake
 
     def notice(self, notice: Notice) -> None:
+        """From the observer and scanner threads: one ordered channel to the loop."""
         self.notices.append(notice)
         self.wake()
 
@@ -124,8 +100,12 @@ class Service:
 
     def install_signal_handlers(self) -> None:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in self.SIGNALS:
             signal.signal(sig, self.on_signal)
+
+    def rescan(self, what: str, tops: tuple[str, ...]) -> None:
+        if self.scanner is not None:
+            self.scanner.request(what, tops, self.rules)
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -142,41 +122,28 @@ class Service:
             logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
         self.failures.load()
-        if cfg.metrics.port is not None:
-            from . import metrics
-
-            metrics.start(cfg.metrics, lambda: self.status("running"))
         for root in cfg.watch.paths:
             if cfg.watch.create:
                 root.mkdir(parents=True, exist_ok=True)
         removed = remove_stale_temps(self.rules)
         if removed:
             logger.info("removed %d temp file(s) left by an earlier run", removed)
-        self.pool.start()  # before any of our threads exist
-        self._wait_for_workers()
-        self.scanner = Scanner(self.jobs, self.failures, lambda p: self.notice(("settle", p)), self._scan_done, cfg.watch.settle_seconds)
+        self.executor.start()  # local workers are spawned here: before any thread of ours
+        if cfg.metrics.port is not None:
+            from . import metrics
+
+            metrics.start(cfg.metrics, lambda: self.status("running"))
+        self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done)
         self.scanner.start()
         if not self.one_shot:
             self.watching.start()
         logger.info(
             "ready: watching %d folder(s) with %d workers%s",
-            len(self.watching.watches), len(self.pool.workers), " (one-shot scan)" if self.one_shot else "",
+            len(self.watching.watches), self.config.workers.count, " (one-shot scan)" if self.one_shot else "",
         )
         self._write_status("running", force=True)
         self.notifier.ready(self._status_line())
-        self.scanner.request("catch-up", self.rules.roots, self.rules)
-
-    def _wait_for_workers(self, timeout: float = 60.0) -> None:
-        """Ready means the pool is up: wait until every worker has said hello."""
-        deadline = time.monotonic() + timeout
-        while any(not w.booted for w in self.pool.workers) and time.monotonic() < deadline:
-            ready = wait(self.pool.waitables(), 0.5)
-            messages, deaths = self.pool.collect(ready)
-            for worker, message in messages:
-                self._on_message(worker, message)
-            for death in deaths:
-                logger.error("worker exited pid=%s %s while starting", death.pid, describe_exit(death.exitcode))
-            self.pool.replace_missing()
+        self.rescan("catch-up", self.rules.roots)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -185,38 +152,44 @@ class Service:
             self.start()
             while not self.stopping:
                 self.step()
-        except PoolBroken as err:
+        except ExecutorBroken as err:
             logger.critical("cannot run workers: %s; giving up", err)
             self.exit_code = 3
-        return self.drain()
+        except Exception:
+            logger.exception("bug in the main loop (please report it); draining and stopping")
+            self.exit_code = 1
+        finally:
+            code = self.drain()
+        return code
 
     def step(self, timeout: float | None = None) -> None:
+        """One turn: wait for something, then act on signals, outcomes, notices and time."""
         if timeout is None:
-            timeout = 0.25 if (self.settling or self.output_block) else 1.0
-            busy = self.pool.busy()
-            if busy:
-                # wake exactly when the oldest photo in hand runs out of time
-                first_deadline = min(w.started for w in busy) + self.config.limits.photo_timeout
-                timeout = max(0.0, min(timeout, first_deadline - time.monotonic()))
-        ready = wait(self.pool.waitables() + [self.wake_r], timeout)
+            timeout = 0.25 if (self.admission.settling or self.admission.block) else 1.0
+            deadline = self.executor.next_deadline()
+            if deadline is not None:  # wake exactly when the oldest photo in hand runs out of time
+                timeout = max(0.0, min(timeout, deadline - self.clock()))
+        ready = wait(self.executor.waitables() + [self.wake_r], timeout)
         if self.wake_r in ready:
             self._drain_wake_pipe()
         self._handle_signals()
         if self.stopping:
             return
-        messages, deaths = self.pool.collect(ready)
-        for worker, message in messages:
-            self._on_message(worker, message)
-        for death in deaths:
-            self._on_death(death)
-        self.pool.replace_missing()
+        for outcome in self.executor.collect(ready, self.clock()):
+            self.admission.on_outcome(outcome)
         self._handle_notices()
-        now = time.monotonic()
-        self._check_deadlines(now)
+        now = self.clock()
         if now - self._last_periodic >= PERIODIC:
             self._last_periodic = now
             self._periodic(now)
         self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.executor.capacity() > 0:
+            job = self.admission.next_job()
+            if job is None:
+                return
+            self.executor.submit(job, self.settings)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -225,259 +198,83 @@ class Service:
         except BlockingIOError:
             pass
 
+    # ---- signals: one handler each --------------------------------------------------------
+
     def _handle_signals(self) -> None:
         while self.signals:
-            signum = self.signals.popleft()
-            if signum == signal.SIGHUP:
-                if not self.stopping:
-                    self.reload()
-            elif self.stopping:
-                self._force = True
-            else:
-                logger.info("%s received", signal.Signals(signum).name)
-                self.stopping = True
+            getattr(self, self.SIGNALS[self.signals.popleft()])()
 
-    # ---- jobs -----------------------------------------------------------------------------
+    def handle_term(self) -> None:
+        self._stop_on("SIGTERM")
 
-    def _next_job(self) -> Job | None:
-        while True:
-            if self.retry:
-                return self.retry.popleft()
-            path = self.jobs.pop()
-            if path is None:
-                return None
-            job = self._make_job(path)
-            if job is not None:
-                return job
+    def handle_int(self) -> None:
+        self._stop_on("SIGINT")
 
-    def _make_job(self, path: str) -> Job | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            logger.debug("vanished before rendering: %s", shown(path))
-            self.stats.vanished += 1
-            return None
-        except OSError as err:
-            self._fail(path, None, err.strerror or str(err))
-            return None
-        if self.failures.known(path, st):
-            logger.debug("skipped (failed before, unchanged): %s", shown(path))
-            return None
-        if st.st_size == 0 and time.time() - st.st_mtime < self.config.watch.settle_seconds + 1:
-            # Samba and some uploaders create an empty file, close it, then write: wait and see.
-            self.notice(("settle", path))
-            return None
-        targets = self.rules.targets(path)
-        if not needs_render(self.rules, path, st, targets):
-            logger.debug("skipped (thumbnails up to date): %s", shown(path))
-            self.stats.skipped += 1
-            return None
-        if os.path.islink(path) and not self.config.watch.follow_symlinks:
-            real = os.path.realpath(path)
-            if not any(real.startswith(root + os.sep) for root in self.rules.roots):
-                self._fail(path, st, "symlink to a file outside the watched folders (watch.follow_symlinks is off)")
-                return None
-        return Job(next(self.job_ids), path, st.st_size, st.st_mtime_ns, targets)
-
-    def _dispatch(self) -> None:
+    def _stop_on(self, name: str) -> None:
         if self.stopping:
+            self.forced = True  # a second signal: stop at once
             return
-        block = self.output_block
-        for worker in self.pool.free_slots(1 if block is not None else PREFETCH):
-            if block is not None:
-                if block.probing or time.monotonic() < block.next_try:
-                    return
-                block.probing = True
-            job = self._next_job()
-            if job is None:
-                if block is not None:
-                    block.probing = False
-                return
-            self.pool.assign(worker, job, (job.id, job.path, job.targets), self.settings)
-            if block is not None:
-                return
+        logger.info("%s received", name)
+        self.stopping = True
 
-    def _on_message(self, worker: Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "hello":
-            self.pool.booted(worker)
-            return
-        if kind == "log":
-            logsetup.handle_forwarded(message[1])
-            return
-        job = self.pool.finish(worker)
-        if job is None:
-            logger.error("worker pid=%s sent %s with no job in hand", worker.pid, kind)
-            return
-        _, _job_id, payload, ms = message
-        if kind == "skipped":
-            logger.debug("not started before stopping: %s", shown(job.path))
-            return
-        photo_level = logging.DEBUG if self.config.log.photos == "debug" else logging.INFO
-        if kind == "ok":
-            self.stats.done += 1
-            self.stats.render_ms.append(ms)
-            self.failures.forget(job.path)
-            self._output_ok()
-            outputs = ", ".join(self._short(job.path, out[0]) for out in payload.outputs)
-            logger.log(photo_level, "ok %s -> %s in %.0f ms", shown(job.path), shown(outputs), ms)
-        elif kind == "vanished":
-            self.stats.vanished += 1
-            logger.debug("vanished while rendering: %s (%s)", shown(job.path), payload)
-        elif kind == "failed":
-            self._output_ok()
-            if self._changed_since(job):
-                logger.debug("changed while rendering, will render again once it settles: %s", shown(job.path))
-                self.notice(("settle", job.path))
-            else:
-                self._fail(job.path, self._stat(job.path), payload)
-        elif kind == "output-error":
-            self._output_blocked(job, *payload)
-        elif kind == "bug":
-            logger.error("bug while rendering %s (please report it):\n%s", shown(job.path), payload.rstrip())
-            self._fail(job.path, self._stat(job.path), "internal error (see the log)", log=False)
-
-    def _short(self, photo: str, output: str) -> str:
-        root = self.rules.root_of(photo)
-        if root and output.startswith(root + os.sep):
-            return output[len(root) + 1 :]
-        return output
-
-    def _stat(self, path: str) -> os.stat_result | None:
-        try:
-            return os.stat(path)
-        except OSError:
-            return None
-
-    def _changed_since(self, job: Job) -> bool:
-        st = self._stat(job.path)
-        return st is not None and (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns)
-
-    def _fail(self, path: str, st: os.stat_result | None, reason: str, *, log: bool = True) -> None:
-        self.stats.failed += 1
-        self.failures.record(path, st, reason)
-        if log:
-            logger.warning("failed %s: %s", shown(path), reason)
-
-    def _on_death(self, death: Death) -> None:
-        self._remove_temps(death.pid, death.job)
-        how = describe_exit(death.exitcode)
-        job = death.job
+    def handle_hup(self) -> None:
         if not self.stopping:
-            self.retry.extendleft(reversed(death.jobs[1:]))  # never started: no attempt counted
-        if job is None:
-            logger.error("worker exited pid=%s %s, restarting it", death.pid, how)
-            return
-        if self.stopping:
-            logger.warning("worker exited pid=%s %s while stopping; %s is found again at the next start", death.pid, how, shown(job.path))
-            return
-        job.attempts += 1
-        if job.attempts > self.config.workers.max_retries:
-            logger.error("worker exited pid=%s %s while rendering %s; restarting it", death.pid, how, shown(job.path))
-            self._fail(job.path, self._stat(job.path), f"worker died on it {job.attempts} times ({how})")
-            return
-        self.stats.retried += 1
-        logger.error(
-            "worker exited pid=%s %s while rendering %s; restarting it and retrying the photo (attempt %d of %d)",
-            death.pid, how, shown(job.path), job.attempts + 1, self.config.workers.max_retries + 1,
-        )
-        self.retry.appendleft(job)
+            self.reload()
 
-    def _remove_temps(self, pid: int, job: Job | None) -> None:
-        """A killed worker may leave a temp output behind: it is ours by name, remove it."""
-        if job is None:
-            return
-        for target in job.targets:
-            try:
-                os.unlink(temp_path_for(target.path, pid))
-            except OSError:
-                pass
-
-    def _check_deadlines(self, now: float) -> None:
-        limit = self.config.limits.photo_timeout
-        for worker in self.pool.busy():
-            if now - worker.started > limit:
-                job = self.pool.finish(worker)
-                assert job is not None
-                self.pool.kill_worker(worker)
-                self.retry.extendleft(reversed(self.pool.remove(worker)))
-                self._remove_temps(worker.pid, job)
-                self._fail(job.path, self._stat(job.path), f"timed out after {limit:g} s")
-                logger.info("killed worker pid=%s for its photo's time limit; starting a new one", worker.pid)
-
-    def _output_blocked(self, job: Job, reason: str, err_no: int | None) -> None:
-        """One error line per condition (by errno), not one per photo: hold work, probe with back-off."""
-        self.retry.appendleft(job)
-        block = self.output_block
-        if block is None:
-            self.output_block = OutputBlock(reason, err_no, next_try=time.monotonic() + 1.0)
-            logger.error("cannot write thumbnails: %s; holding photos and retrying with back-off", reason)
-            return
-        if block.probing:
-            block.probing = False
-            block.delay = min(block.delay * 2, OUTPUT_BACKOFF_MAX)
-            block.next_try = time.monotonic() + block.delay
-        if err_no != block.errno:
-            logger.error("cannot write thumbnails, now for another reason: %s", reason)
-            block.reason, block.errno = reason, err_no
-
-    def _output_ok(self) -> None:
-        if self.output_block is not None:
-            logger.info("thumbnails can be written again; resuming %d held photo(s)", len(self.retry) + len(self.jobs))
-            self.output_block = None
-
-    # ---- notices, settling, scans ---------------------------------------------------------
+    # ---- notices ----------------------------------------------------------------------------
 
     def _handle_notices(self) -> None:
+        admission = self.admission
         while self.notices:
-            kind, path = self.notices.popleft()
-            if kind == "settle":
-                st = self._stat(path)
-                if st is not None and path not in self.settling:
-                    self.settling[path] = (st.st_size, st.st_mtime_ns, time.monotonic())
-            elif kind == "new-dir":
-                if self.scanner is not None:
-                    self.scanner.request("new folder", (path,), self.rules)
-            elif kind == "deleted":
-                self._photo_deleted(path)
-            elif kind == "dir-gone":
-                self.watching.check()
+            notice = self.notices.popleft()
+            match notice.kind:
+                case "arrived":
+                    admission.arrived(notice.path)
+                case "settle":
+                    admission.settle(notice.path)
+                case "created":
+                    admission.created(notice.path)
+                case "deleted":
+                    admission.deleted(notice.path)
+                case "new-dir":
+                    self.rescan("new folder", (notice.path,))
+                case "dir-moved":
+                    self._folder_moved(notice.path, notice.dest)
+                case "dir-deleted":
+                    self._folder_gone(notice.path)
 
-    def _photo_deleted(self, path: str) -> None:
-        self.jobs.discard(path)
-        self.settling.pop(path, None)
-        self.failures.forget(path)
-        if not self.config.output.delete_with_photo or os.path.exists(path):
+    def _folder_moved(self, src: str, dest: str) -> None:
+        """A folder renamed inside the tree takes its thumbnails along (its photos keep their
+        identity, so nothing is rendered again); moved out, its thumbnails go."""
+        if not dest or not self.rules.followable(dest):
+            self._folder_gone(src)
             return
-        removed = 0
-        for target in self.rules.targets(path):
+        if self.config.output.style != "freedesktop":
+            old, new = self.rules.folder(src), self.rules.folder(dest)
+            for (_size, before), (_same, after) in zip(old.bases, new.bases):
+                if before != after and os.path.isdir(before) and not os.path.exists(after):
+                    try:
+                        os.makedirs(os.path.dirname(after), exist_ok=True)
+                        os.rename(before, after)
+                    except OSError as err:
+                        logger.debug("could not move thumbnails %s -> %s: %s", before, after, err)
+        self.rescan("new folder", (dest,))
+
+    def _folder_gone(self, folder: str) -> None:
+        if folder in self.rules.roots:
+            self.watching.check()
+            return
+        if os.path.lexists(folder) or not self.rules.sweepable() or not self.config.output.delete_with_photo:
+            return
+        bases = [base for _size, base in self.rules.folder(folder).bases if os.path.isdir(base)]
+        removed = sweep_orphans(self.rules, bases, set(), time.time_ns())
+        for base in bases:
             try:
-                os.unlink(target.path)
-                removed += 1
+                os.rmdir(base)
             except OSError:
                 pass
         if removed:
-            logger.log(logging.DEBUG if self.config.log.photos == "debug" else logging.INFO, "removed %d thumbnail(s) of deleted %s", removed, shown(path))
-
-    def _settle(self) -> None:
-        """Queue the paths whose size and mtime have held still for settle_seconds."""
-        now = time.monotonic()
-        quiet = self.config.watch.settle_seconds
-        for path, (size, mtime, since) in list(self.settling.items()):
-            st = self._stat(path)
-            if st is None:
-                del self.settling[path]
-            elif (st.st_size, st.st_mtime_ns) != (size, mtime):
-                self.settling[path] = (st.st_size, st.st_mtime_ns, now)
-            elif now - since >= quiet:
-                if self.failures.known(path, st) or not needs_render(self.rules, path, st):
-                    del self.settling[path]
-                elif self.jobs.offer(path):
-                    del self.settling[path]
-
-    def _rescan(self, what: str, tops: tuple[str, ...]) -> None:
-        if self.scanner is not None:
-            self.scanner.request(what, tops, self.rules)
+            logger.info("removed %d thumbnail(s) of folder %s, gone from the watched tree", removed, shown(folder))
 
     def _scan_done(self, report: ScanReport) -> None:
         text = "%s done: found=%d queued=%d skipped=%d failed_before=%d settling=%d in %.2f s"
@@ -487,25 +284,27 @@ class Service:
             self.catchup_done.set()
         else:
             logger.log(logging.INFO if report.queued else logging.DEBUG, text, *args)
+        if report.orphans:
+            logger.info("removed %d thumbnail(s) whose photo is gone", report.orphans)
         self.wake()
 
     # ---- housekeeping ---------------------------------------------------------------------
 
     def _periodic(self, now: float) -> None:
-        self._settle()
-        if self.jobs.take_overflow() and self.scanner is not None:
+        self.admission.tick()
+        if self.admission.queue.take_overflow():
             logger.warning("queue was full and events were dropped; rescanning to find those photos")
-            self.scanner.request("overflow rescan", self.rules.roots, self.rules)
+            self.rescan("overflow rescan", self.rules.roots)
         if not self.one_shot:
             self.watching.check()
             interval = self.config.watch.rescan_interval
-            if interval and now - self._last_rescan >= interval and self.scanner is not None:
+            if interval and now - self._last_rescan >= interval:
                 self._last_rescan = now
-                self.scanner.request("rescan", self.rules.roots, self.rules)
+                self.rescan("rescan", self.rules.roots)
         self._progress(now)
         if now - self._last_status >= STATUS_EVERY:
             self._write_status("running")
-            self.failures.save()
+            self._save_failures()
         interval_wd = self.notifier.watchdog_interval()
         if interval_wd and now - self._last_watchdog >= interval_wd:
             # Sent from the loop that just reaped workers and checked the observers: proof of health.
@@ -519,33 +318,39 @@ class Service:
             self.catchup_done.is_set()
             and self.scanner is not None
             and self.scanner.idle()
-            and not self.jobs
-            and not self.retry
-            and not self.settling
             and not self.notices
-            and not self.pool.busy()
+            and self.admission.idle()
+            and self.executor.in_flight() == 0
         )
+
+    def _save_failures(self) -> None:
+        try:
+            self.failures.save()
+        except OSError as err:
+            logger.error("cannot save failure records: %s", err)
 
     def _progress(self, now: float) -> None:
         interval = self.config.log.progress_interval
-        backlog = len(self.jobs) + len(self.retry) + len(self.pool.busy())
         if not interval or now - self._last_progress < interval:
             return
+        in_flight = self.executor.in_flight()
+        backlog = self.admission.waiting() + in_flight
         done = self.stats.done + self.stats.failed
         rate = (done - self._progress_done) / (now - self._last_progress)
         self._last_progress, self._progress_done = now, done
         if backlog:
             eta = f"{backlog / rate:.0f} s" if rate > 0 else "unknown"
             logger.info("progress: done=%d failed=%d queued=%d in_flight=%d rate=%.1f/s eta=%s",
-                        self.stats.done, self.stats.failed, len(self.jobs) + len(self.retry), len(self.pool.busy()), rate, eta)
+                        self.stats.done, self.stats.failed, self.admission.waiting(), in_flight, rate, eta)
 
     def _status_line(self) -> str:
         return (
-            f"watching {len(self.watching.watches)} folders, {len(self.pool.workers)} workers, "
-            f"{self.stats.done} done, {self.stats.failed} failed, queue {len(self.jobs) + len(self.retry)}"
+            f"watching {len(self.watching.watches)} folders, {self.config.workers.count} workers, "
+            f"{self.stats.done} done, {self.stats.failed} failed, queue {self.admission.waiting()}"
         )
 
     def status(self, state: str) -> dict:
+        live, scan = self.admission.queue.lengths()
         return {
             "pid": os.getpid(),
             "state": state,
@@ -555,23 +360,25 @@ class Service:
             "uptime": round(time.time() - self.stats.started, 1),
             "folders": list(self.rules.roots),
             "missing_folders": sorted(self.watching.missing),
-            "workers": self.pool.pids(),
+            **self.executor.describe(),
             "done": self.stats.done,
             "failed": self.stats.failed,
             "skipped": self.stats.skipped,
             "retried": self.stats.retried,
             "vanished": self.stats.vanished,
-            "queue": len(self.jobs) + len(self.retry),
-            "in_flight": len(self.pool.busy()),
-            "settling": len(self.settling),
+            "queue": self.admission.waiting(),
+            "queue_live": live,
+            "queue_scan": scan,
+            "in_flight": self.executor.in_flight(),
+            "settling": len(self.admission.settling),
             "render_ms_p50": self.stats.percentile(0.5),
             "render_ms_p95": self.stats.percentile(0.95),
-            "output_blocked": self.output_block.reason if self.output_block else None,
+            "output_blocked": self.admission.block.reason if self.admission.block else None,
             "failure_records": len(self.failures),
         }
 
     def _write_status(self, state: str, force: bool = False) -> None:
-        self._last_status = time.monotonic()
+        self._last_status = self.clock()
         try:
             write_json_atomic(self.config.state.dir / STATUS, self.status(state))
         except OSError as err:
@@ -592,73 +399,73 @@ class Service:
             logsetup.reopen()
             self.notifier.ready(self._status_line())
             return
-        old = self.config
-        changes = _diff(old.effective(), new.effective())
+        changes = _diff(self.config.effective(), new.effective())
         logsetup.configure(new.log)
         logsetup.reopen()
         self.config = new
         self.rules = PathRules(new)
         self.settings = RenderSettings(new.output, new.limits.max_pixels)
+        self.admission.reconfigure(new, self.rules)
         if not self.one_shot:
             self.watching.update(new, self.rules)
-        self.jobs.resize(new.workers.queue_size)
-        self.pool.memory_limit_mb = new.limits.worker_memory_mb
-        if new.workers.count != len([w for w in self.pool.workers if not w.retiring]):
-            self.pool.resize(new.workers.count)
-        self.failures.load()  # `thumbwatch retry` may have cleared records
-        restart_needed = [c for c in changes if c.startswith(("state.", "watch.observer", "metrics."))]
+        self.executor.set_limits(memory_mb=new.limits.worker_memory_mb, photo_timeout=new.limits.photo_timeout)
+        self.executor.resize(new.workers.count)
+        self._reload_failures()
+        restart_needed = [c for c in changes if c.startswith(("state.", "watch.observer", "metrics.", "workers.backend", "celery."))]
         if restart_needed:
             logger.warning("these changes take effect at the next restart: %s", "; ".join(restart_needed))
         logger.info("reloaded %s: %s", new.source, "; ".join(changes) if changes else "nothing changed")
-        if self.scanner is not None:
-            self.scanner.request("reload rescan", self.rules.roots, self.rules)
+        self.rescan("reload rescan", self.rules.roots)
         self._write_status("running", force=True)
         self.notifier.ready(self._status_line())
 
+    def _reload_failures(self) -> None:
+        """`thumbwatch retry` may have cleared records on disk; records not yet saved stay."""
+        merge = getattr(self.failures, "merge_from_disk", None)
+        if merge is not None:
+            merge()
+        else:
+            self._save_failures()
+            self.failures.load()
+
     # ---- stop -----------------------------------------------------------------------------
 
-    _force = False
-
     def drain(self) -> int:
-        in_flight = len(self.pool.busy())
-        waiting = len(self.jobs) + len(self.retry) + sum(len(w.jobs) - 1 for w in self.pool.busy())
-        logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_flight, waiting)
-        self.pool.drain()  # first: from now on no worker starts a photo it wasn't already rendering
-        self.notifier.stopping(f"draining: {in_flight} in flight")
+        """Take nothing new, let the photos in hand finish (up to workers.drain_timeout), then
+        save state. Queued work is found again by the next start's catch-up."""
+        in_hand = self.executor.in_hand()
+        waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
+        logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_hand, waiting)
+        self.executor.drain()  # first: from now on nothing starts that wasn't already started
+        self.notifier.stopping(f"draining: {in_hand} in flight")
         self.watching.stop()
         if self.scanner is not None:
             self.scanner.stop()
-        deadline = time.monotonic() + self.config.workers.drain_timeout
+        deadline = self.clock() + self.config.workers.drain_timeout
         try:
-            while self.pool.workers and time.monotonic() < deadline and not self._force:
-                ready = wait(self.pool.waitables() + [self.wake_r], 0.5)
+            while not self.executor.finished() and self.clock() < deadline and not self.forced:
+                ready = wait(self.executor.waitables() + [self.wake_r], 0.5)
                 if self.wake_r in ready:
                     self._drain_wake_pipe()
                 self._handle_signals()
-                messages, deaths = self.pool.collect(ready)
-                for worker, message in messages:
-                    self._on_message(worker, message)
-                for death in deaths:
-                    self._on_death(death)
-        except PoolBroken:
-            pass
-        if self.pool.workers:
-            why = "second signal" if self._force else f"drain_timeout of {self.config.workers.drain_timeout:g} s"
-            logger.warning("stopping at once (%s): killing %d worker(s); their photos are found again at the next start", why, len(self.pool.workers))
-            for worker in self.pool.kill_all():
-                self._remove_temps(worker.pid, worker.job)
+                for outcome in self.executor.collect(ready, self.clock()):
+                    self.admission.on_outcome(outcome)
+        except Exception:
+            logger.exception("bug while draining (please report it); stopping at once")
+        if not self.executor.finished():
+            why = "second signal" if self.forced else f"drain_timeout of {self.config.workers.drain_timeout:g} s"
+            logger.warning("stopping at once (%s): %d photo(s) still in hand are found again at the next start", why, self.executor.in_flight())
+            self.executor.stop_now()
         if self.scanner is not None:
             self.scanner.join(5)
-        try:
-            self.failures.save()
-        except OSError as err:
-            logger.error("cannot save failure records: %s", err)
+        self._save_failures()
         self._write_status("stopped", force=True)
         logger.info(
             "stopped: done=%d failed=%d skipped=%d retried=%d uptime=%.0f s",
             self.stats.done, self.stats.failed, self.stats.skipped, self.stats.retried, time.time() - self.stats.started,
         )
         return self.exit_code
+
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     changes = []

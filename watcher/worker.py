@@ -2,7 +2,7 @@
 
 Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C reaches the whole process group and
 systemd signals the whole cgroup, and neither may kill a photo half-way. A worker leaves on its
-poison pill (None), or when the master's end of the pipe closes (the master died).
+poison pill (messages.Stop), or when the master's end of the pipe closes (the master died).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from . import messages as msg
 from .config import OutputConfig, SizeSpec
 from .paths import Target
 from .render import OutputError, PhotoVanished, RenderError, RenderSettings, render
@@ -36,29 +37,33 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _forward_logs(conn)
     if memory_limit_mb:
-        limit = memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        note = cap_memory(memory_limit_mb)
+        if note:
+            logger.warning("%s", note)
     keep_freed_memory()
     warm_up()
-    conn.send(("hello", os.getpid()))
+    conn.send(msg.Hello(os.getpid()))
     settings = None
     while True:
         try:
-            job = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
-            return
-        if job[0] == "settings":
-            settings = job[1]
-            continue
-        if draining.is_set():
-            conn.send(("skipped", job[0], None, 0.0))  # not started: the next start finds it
-            continue
-        conn.send(run_job(*job, settings))
+        match message:
+            case msg.Stop():
+                return
+            case msg.UseSettings(settings=new):
+                settings = new
+            case msg.RenderPhoto() if draining.is_set():
+                conn.send(msg.NotStarted(message.job_id))  # the next start's catch-up finds it
+            case msg.RenderPhoto(job_id=job_id, path=path, targets=targets):
+                conn.send(run_job(job_id, path, targets, settings))
+            case _:
+                logger.error("worker got a message it does not know: %r", message)
 
 
-def run_job(job_id: int, src: str, targets: Any, settings: Any) -> tuple:
+def run_job(job_id: int, src: str, targets: Any, settings: Any) -> Any:
+    """Render one photo; every way it can end becomes one message (a bug included)."""
     started = time.perf_counter()
 
     def ms() -> float:
@@ -66,17 +71,31 @@ def run_job(job_id: int, src: str, targets: Any, settings: Any) -> tuple:
 
     try:
         result = render(src, targets, settings)
-        return ("ok", job_id, result, ms())
+        return msg.Done(job_id, tuple(out[0] for out in result.outputs), ms())
     except PhotoVanished as err:
-        return ("vanished", job_id, str(err), ms())
+        return msg.Gone(job_id, str(err))
     except OutputError as err:
-        return ("output-error", job_id, (str(err), err.errno), ms())
+        return msg.CannotWrite(job_id, str(err), err.errno)
     except RenderError as err:
-        return ("failed", job_id, str(err), ms())
+        return msg.CannotRender(job_id, str(err), ms())
     except MemoryError:
-        return ("failed", job_id, "out of memory (raise limits.worker_memory_mb?)", ms())
+        return msg.CannotRender(job_id, "out of memory (raise limits.worker_memory_mb?)", ms())
     except Exception:
-        return ("bug", job_id, traceback.format_exc(), ms())
+        return msg.Bug(job_id, traceback.format_exc())
+
+
+def cap_memory(limit_mb: int) -> str | None:
+    """Cap the address space (RLIMIT_AS) so a runaway decode is a MemoryError, not the OOM
+    killer. Never above the hard limit this process was given (`ulimit -v`): raising it is
+    not allowed, so the lower of the two applies and the note says so."""
+    wanted = limit_mb * 1024 * 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        return (f"limits.worker_memory_mb is {limit_mb} MB but this process may use only "
+                f"{hard // (1024 * 1024)} MB (ulimit -v / LimitAS=); using that")
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, wanted))
+    return None
 
 
 # glibc's mallopt() parameters
@@ -124,5 +143,5 @@ def _forward_logs(conn: Connection) -> None:
         from .logsetup import ForwardingHandler
     except ImportError:
         return
-    root.addHandler(ForwardingHandler(lambda record: conn.send(("log", record))))
+    root.addHandler(ForwardingHandler(lambda record: conn.send(msg.LogRecord(record))))
     root.setLevel(logging.INFO)

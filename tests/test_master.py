@@ -1,0 +1,380 @@
+"""The master driven step by step in-process: admission and the supervisor with a fake executor
+and a fake clock. Real files in tmp_path; no processes, no observers, no waiting on time.
+
+The end-to-end tests (test_daemon.py, test_faults.py) prove the same behaviours with real
+workers; these pin down the decisions themselves, in every interleaving, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from helpers import make_jpeg
+from watcher.config import parse
+from watcher.executor import Crashed, Failed, Job, Lost, OutputBlocked, Rendered, Returned, TimedOut, Vanished
+from watcher.service import Service
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeExecutor:
+    """Takes up to `slots` jobs; the test decides each one's outcome with finish()."""
+
+    def __init__(self, slots: int = 2):
+        self.slots = slots
+        self.taken: list[Job] = []
+        self.outcomes: list = []
+        self.draining = False
+        self.stopped_now = False
+        self.explode = False
+
+    def start(self) -> None:
+        pass
+
+    def capacity(self) -> int:
+        return 0 if self.draining else self.slots - len(self.taken)
+
+    def submit(self, job: Job, settings) -> None:
+        self.taken.append(job)
+
+    def waitables(self) -> list:
+        return []
+
+    def collect(self, ready, now) -> list:
+        if self.explode:
+            raise RuntimeError("a bug in the loop")
+        out, self.outcomes = self.outcomes, []
+        return out
+
+    def next_deadline(self):
+        return None
+
+    def in_flight(self) -> int:
+        return len(self.taken)
+
+    def in_hand(self) -> int:
+        return len(self.taken)
+
+    def resize(self, count: int) -> None:
+        self.slots = count
+
+    def set_limits(self, **_limits) -> None:
+        pass
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def finished(self) -> bool:
+        return not self.taken and not self.outcomes
+
+    def stop_now(self) -> list:
+        self.stopped_now = True
+        held, self.taken = self.taken, []
+        return [Returned(job) for job in held]
+
+    def describe(self) -> dict:
+        return {"workers": []}
+
+    def finish(self, path: str, outcome_type=Rendered, **fields):
+        job = next(j for j in self.taken if j.path == path)
+        self.taken.remove(job)
+        if outcome_type is Rendered:
+            for target in job.targets:  # what a worker would have written
+                Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+                Path(target.path).write_bytes(b"thumb")
+                st = os.stat(job.path)
+                os.utime(target.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            fields = {"ms": 5.0, "outputs": tuple(t.path for t in job.targets), **fields}
+        self.outcomes.append(outcome_type(job, **fields))
+        return job
+
+
+@pytest.fixture
+def master(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = parse(
+        {
+            "watch": {"paths": ["photos"], "settle_seconds": 2},
+            "output": {"sizes": [{"name": "small", "width": 64, "height": 64}]},
+            "workers": {"count": 2, "max_retries": 2, "drain_timeout": 5},
+            "state": {"dir": "state"},
+        },
+        file=tmp_path / "config.yaml", base_dir=tmp_path,
+    )
+    (tmp_path / "state").mkdir()
+    clock = Clock()
+    svc = Service(config, executor=FakeExecutor(), clock=clock, base_dir=tmp_path)
+    svc.clock_ = clock
+    svc.admission.wallclock = lambda: clock.now + 10_000_000_000  # every file is old enough to render
+    yield svc
+    os.close(svc.wake_r)
+    os.close(svc.wake_w)
+
+
+def photo(svc: Service, name: str) -> str:
+    path = svc.rules.roots[0] + "/" + name
+    make_jpeg(path)
+    return path
+
+
+def step(svc: Service, advance: float = 0.0) -> None:
+    svc.clock_.now += advance
+    svc.step(timeout=0)
+
+
+def taken(svc: Service) -> list[str]:
+    return [job.path for job in svc.executor.taken]
+
+
+# ---- admission: one place, one decision ---------------------------------------------------------
+
+
+def test_a_photo_is_in_exactly_one_place_as_it_moves_through(master):
+    a = photo(master, "a.jpg")
+    assert master.admission.where(a) is None
+    master.admission.settle(a)
+    assert master.admission.where(a) == "settling"
+    step(master, 2.5)  # settled: queued and straight away handed out
+    assert master.admission.where(a) == "in-flight" and taken(master) == [a]
+    master.executor.finish(a)
+    step(master)
+    assert master.admission.where(a) is None and master.stats.done == 1
+
+
+def test_delete_then_create_of_the_same_name_ends_with_the_new_file_rendered(master):
+    a = photo(master, "a.jpg")
+    master.executor.slots = 0  # nothing dispatched yet: the job waits in the queue
+    master.admission.arrived(a)
+    os.unlink(a)
+    photo(master, "a.jpg")  # recreated before the master hears of the delete
+    master.admission.deleted(a)
+    assert master.admission.where(a) == "queued", "an older delete notice must not discard the newer job"
+    master.executor.slots = 2
+    step(master)
+    assert taken(master) == [a]
+
+
+def test_a_real_delete_discards_the_queued_job_and_removes_the_thumbnails(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    master.executor.finish(a)
+    step(master)
+    thumb = master.rules.targets(a)[0].path
+    assert os.path.exists(thumb)
+    master.executor.slots = 0
+    master.admission.arrived(a)
+    os.unlink(a)
+    master.admission.deleted(a)
+    assert master.admission.where(a) is None and not os.path.exists(thumb)
+
+
+def test_replaced_by_a_file_with_the_same_name_size_and_mtime_is_rendered_again(master, tmp_path):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    master.executor.finish(a)
+    step(master)
+    st = os.stat(a)
+    assert master.admission.fresh(st, master.rules.targets(a))
+    other = tmp_path / "other.jpg"
+    other.write_bytes(Path(a).read_bytes())  # same size
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime (cp -p, touch -r)
+    os.rename(other, a)  # mv over it: a new ctime nobody can fake
+    assert not master.admission.fresh(os.stat(a), master.rules.targets(a))
+
+
+def test_settling_waits_for_the_file_to_hold_still(master):
+    a = photo(master, "a.jpg")
+    master.admission.settle(a)
+    step(master, 1.0)
+    with open(a, "ab") as f:
+        f.write(b"more")
+    step(master, 1.5)  # changed: the clock starts again
+    assert master.admission.where(a) == "settling"
+    step(master, 2.5)
+    assert taken(master) == [a]
+
+
+def test_a_failure_while_the_file_is_young_settles_quietly_instead_of_failing(master, caplog):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    master.admission.wallclock = lambda: os.stat(a).st_mtime + 0.5  # written half a second ago
+    master.executor.finish(a, Failed, reason="truncated JPEG")
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        step(master)
+    assert master.admission.where(a) == "settling"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING] and len(master.failures) == 0
+
+
+def test_lost_workers_retry_the_photo_then_fail_it_with_the_count(master, caplog):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        for attempt in range(1, 4):
+            assert taken(master) == [a], f"attempt {attempt}"
+            master.executor.finish(a, Lost, worker="pid=1", how="killed by SIGKILL")
+            step(master)
+    assert master.admission.where(a) is None
+    assert master.failures.items()[0][1].reason.startswith("worker died on it 3 times (killed by SIGKILL")
+    assert [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()][-1].endswith("(attempt 3 of 3)")
+
+
+def test_returned_work_is_not_an_attempt_and_goes_out_first(master):
+    a, b = photo(master, "a.jpg"), photo(master, "b.jpg")
+    master.executor.slots = 1
+    master.admission.arrived(a)
+    master.admission.arrived(b)
+    step(master)
+    job = master.executor.finish(a, Returned)
+    step(master)
+    assert taken(master) == [a] and master.executor.taken[0].attempts == job.attempts == 0
+
+
+def test_output_block_probes_one_photo_at_a_time_with_back_off(master, caplog):
+    paths = [photo(master, f"p{i}.jpg") for i in range(4)]
+    for p in paths:
+        master.admission.arrived(p)
+    step(master)
+    first, second = taken(master)
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        master.executor.finish(first, OutputBlocked, reason="No space left on device", errno=28)
+        master.executor.finish(second, OutputBlocked, reason="No space left on device", errno=28)
+        step(master)
+        assert taken(master) == [], "blocked: nothing goes out before the first probe time"
+        step(master, 1.1)
+        assert len(taken(master)) == 1, "one probe"
+        probe = taken(master)[0]
+        master.executor.finish(probe, OutputBlocked, reason="No space left on device", errno=28)
+        step(master, 1.1)
+        assert taken(master) == [], "blocked again: the delay doubled to 2 s"
+        step(master, 1.0)
+        assert taken(master) == [], "1 s into a 2 s delay"
+        step(master, 1.0)
+        assert len(taken(master)) == 1
+        master.executor.finish(taken(master)[0])
+        step(master)
+    assert len(taken(master)) == 2, "unblocked: full speed again"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["cannot write thumbnails: No space left on device; holding photos and retrying with back-off"]
+    assert any("can be written again" in r.getMessage() for r in caplog.records)
+
+
+def test_timed_out_and_crashed_photos_are_recorded_and_the_rest_goes_on(master):
+    a, b, c = photo(master, "a.jpg"), photo(master, "b.jpg"), photo(master, "c.jpg")
+    for p in (a, b, c):
+        master.admission.arrived(p)
+    step(master)
+    master.executor.finish(a, TimedOut, limit=30.0)
+    master.executor.finish(b, Crashed, traceback="Traceback: boom")
+    step(master)
+    reasons = dict((p, f.reason) for p, f in master.failures.items())
+    assert reasons == {a: "timed out after 30 s", b: "internal error (see the log)"}
+    assert taken(master) == [c]
+
+
+def test_a_failed_photo_loses_its_old_thumbnail(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    master.executor.finish(a)
+    step(master)
+    thumb = master.rules.targets(a)[0].path
+    with open(a, "r+b") as f:
+        f.truncate(100)  # now broken
+    master.admission.arrived(a)
+    step(master)
+    master.executor.finish(a, Failed, reason="truncated JPEG")
+    step(master)
+    assert not os.path.exists(thumb), "a thumbnail of what the file held before shows the wrong picture"
+
+
+def test_vanished_photo_is_not_a_failure(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    os.unlink(a)
+    master.executor.finish(a, Vanished, reason="vanished while being thumbnailed")
+    step(master)
+    assert master.stats.vanished == 1 and len(master.failures) == 0
+
+
+# ---- the supervisor --------------------------------------------------------------------------
+
+
+def test_one_handler_per_signal_and_a_second_term_forces_the_stop(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    master.on_signal(signal.SIGTERM, None)
+    step(master)
+    assert master.stopping and not master.forced
+    master.on_signal(signal.SIGINT, None)
+    master._handle_signals()
+    assert master.forced
+    assert master.drain() == 0
+    assert master.executor.stopped_now, "a forced stop does not wait for the photo in hand"
+
+
+def test_drain_waits_for_the_photo_in_hand_and_saves_state(master):
+    a, b = photo(master, "a.jpg"), photo(master, "b.jpg")
+    master.admission.arrived(a)
+    master.admission.arrived(b)
+    step(master)
+    master.executor.finish(b, Failed, reason="corrupt JPEG data")
+    master.on_signal(signal.SIGTERM, None)
+    step(master)
+    master.executor.finish(a)  # the photo in hand finishes while draining
+    assert master.drain() == 0
+    assert not master.executor.stopped_now and master.stats.done == 1
+    assert "b.jpg" in (Path(master.config.state.dir) / "failures.json").read_text()
+
+
+def test_a_bug_in_the_loop_still_drains_and_saves_state(master, caplog):
+    a = photo(master, "a.jpg")
+    master.admission._fail(a, os.stat(a), "corrupt JPEG data")
+    master.executor.explode = True
+    master.start = lambda: None  # no observers or scanner threads: the loop alone
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        assert master.run() == 1
+    assert any(r.levelno == logging.ERROR and "bug in the main loop" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert master.executor.draining
+    assert "a.jpg" in (Path(master.config.state.dir) / "failures.json").read_text()
+
+
+def test_reload_during_a_backlog_keeps_the_queue_and_resizes(master, tmp_path):
+    paths = [photo(master, f"p{i}.jpg") for i in range(6)]
+    master.executor.slots = 0
+    for p in paths:
+        master.admission.arrived(p)
+    master.config.source.write_text(
+        "watch: {paths: [photos], settle_seconds: 2}\n"
+        "output: {sizes: [{name: small, width: 64, height: 64}]}\n"
+        "workers: {count: 3, max_retries: 2, drain_timeout: 5}\n"
+        "state: {dir: state}\n"
+    )
+    master.on_signal(signal.SIGHUP, None)
+    step(master)
+    assert master.config.workers.count == 3 and master.executor.slots == 3
+    assert sorted(taken(master)) == sorted(paths[:3]) and master.admission.waiting() == 3
+
+
+def test_reload_keeps_failure_records_not_yet_saved(master):
+    a = photo(master, "a.jpg")
+    master.admission._fail(a, os.stat(a), "corrupt JPEG data")
+    master.config.source.write_text("watch: {paths: [photos]}\nstate: {dir: state}\n")
+    master.reload()
+    assert [p for p, _f in master.failures.items()] == [a]
