@@ -23,8 +23,7 @@ from watchdog.observers.polling import PollingObserver
 
 from .config import Config
 from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
-from .jobs import JobQueue
-from .paths import PathRules
+from .paths import PathRules, shown
 
 logger = logging.getLogger("watcher")
 
@@ -32,33 +31,41 @@ Rescan = Callable[[str, tuple[str, ...]], None]
 
 
 class Watching:
-    def __init__(self, config: Config, rules: PathRules, jobs: JobQueue, notice: Callable[[Notice], None], rescan: Rescan):
+    def __init__(self, config: Config, rules: PathRules, notice: Callable[[Notice], None], rescan: Rescan):
         self.config = config
         self.rules = rules
-        self.jobs = jobs
         self.notice = notice
         self.rescan = rescan
         self.inotify: InotifyObserver | None = None
         self.polling: PollingObserver | None = None
         self.watches: dict[str, tuple[object, object]] = {}
+        self.polled_below: dict[str, object] = {}  # subfolders inotify could not watch (the watch limit)
+        self.unwatchable: list[str] = []  # reported by the observer thread, handled by check()
         self.missing: set[str] = set()
         self.stopping = False
+        self.hooks: list[str] = []
 
     def start(self) -> None:
-        _OverflowWatch.install(self._overflowed)
         if self.config.watch.observer != "polling":
-            self.inotify = _output_blind_observer(lambda path: self.rules.is_output(os.fsdecode(path)))
+            self.inotify, self.hooks = _output_blind_observer(
+                lambda path: self.rules.is_output(os.fsdecode(path)), self._overflowed, self._unwatchable)
+            if "overflow" not in self.hooks:
+                _OverflowWatch.install(self._overflowed)
             self.inotify.name = "thumbwatch-inotify"
             self.inotify.start()
         for root in self.rules.roots:
             self.watch(root)
+
+    def _unwatchable(self, path: bytes) -> None:
+        # observer thread: no file system work here, check() takes it from there
+        self.unwatchable.append(os.fsdecode(path))
 
     def _overflowed(self) -> None:
         logger.warning("the kernel's inotify queue overflowed and events were lost; rescanning the watched folders")
         self.rescan("overflow rescan", self.rules.roots)
 
     def _handler(self, polling: bool) -> PhotoEventHandler:
-        return PhotoEventHandler(self.rules, self.jobs, self.notice, polling=polling)
+        return PhotoEventHandler(lambda: self.rules, self.notice, polling=polling)
 
     def _polling_observer(self) -> PollingObserver:
         if self.polling is None:
@@ -105,11 +112,7 @@ class Watching:
         """A reload: new rules for every handler, watched folders added and removed."""
         old_roots, new_roots = set(self.rules.roots), set(rules.roots)
         outputs_moved = (self.rules.output_roots, self.config.output.style) != (rules.output_roots, config.output.style)
-        self.config, self.rules = config, rules
-        for observer, watch in self.watches.values():
-            for handler in getattr(observer, "_handlers", {}).get(watch, ()):
-                if isinstance(handler, PhotoEventHandler):
-                    handler.rules = rules
+        self.config, self.rules = config, rules  # the handlers read self.rules at every event
         for root in sorted(old_roots - new_roots):
             self.unwatch(root)
             self.missing.discard(root)
@@ -128,6 +131,8 @@ class Watching:
 
     def check(self) -> None:
         """The health check: observer threads alive, every folder watched, gone folders back."""
+        if self.unwatchable:
+            self._poll_unwatchable()
         for observer in (self.inotify, self.polling):
             if observer is not None and not observer.is_alive() and not self.stopping:
                 logger.error("the file system observer thread died; restarting it and rescanning")
@@ -152,13 +157,36 @@ class Watching:
                 self.rescan("catch-up of returned folder", (root,))
 
     def _emitter_alive(self, watch: object) -> bool:
-        emitter = getattr(self.inotify, "_emitter_for_watch", {}).get(watch)
-        return emitter is None or emitter.is_alive()
+        assert self.inotify is not None
+        emitters = [e for e in self.inotify.emitters if e.watch == watch]
+        return not emitters or emitters[0].is_alive()
+
+    def _poll_unwatchable(self) -> None:
+        """Folders inotify could not watch below a watched folder (the watch limit, which
+        watchdog reports only for the top folder): say so once per batch, with the number the
+        limit would need, and poll the topmost of them."""
+        paths, self.unwatchable[:] = sorted(set(self.unwatchable)), []
+        fresh = [p for p in paths if os.path.isdir(p) and not any(p == q or p.startswith(q + os.sep) for q in self.polled_below)]
+        if not fresh:
+            return
+        tops = [p for p in fresh if not any(p.startswith(q + os.sep) for q in fresh)]
+        folders = sum(1 + sum(len(d) for _r, d, _f in os.walk(top)) for top in tops)
+        limit = _read_int("/proc/sys/user/max_inotify_watches") or _read_int("/proc/sys/fs/inotify/max_user_watches")
+        logger.error(
+            "cannot watch %d folder(s) below %s with inotify: the watch limit is reached (fs.inotify.max_user_watches = %s; "
+            "raise it to at least %s with sysctl); polling those folders every %g s meanwhile",
+            folders, shown(os.path.commonpath(tops)), limit or "?", (limit or 0) + folders, self.config.watch.poll_interval,
+        )
+        observer = self._polling_observer()
+        for top in tops:
+            self.polled_below[top] = observer.schedule(self._handler(True), top, recursive=True)
+        self.rescan("rescan of unwatched folders", tuple(tops))
 
     def _restart(self) -> None:
         self.stop()
         self.stopping = False
         self.watches.clear()
+        self.polled_below.clear()
         self.inotify = self.polling = None
         self.start()
         self.rescan("rescan", self.rules.roots)
@@ -174,28 +202,46 @@ class Watching:
                     logger.exception("stopping the observer failed")
 
 
-def _output_blind_observer(skip: Callable[[bytes], bool]) -> InotifyObserver:
-    """watchdog's inotify observer, except that it puts no watch on a folder for which `skip`
-    is true (below a watched folder's top; new ones included).
+def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[], None],
+                           unwatchable: Callable[[bytes], None]) -> tuple[InotifyObserver, list[str]]:
+    """watchdog's inotify observer with three hooks, and the names of the hooks in place:
 
-    watchdog has no option for this, so it is done through a method of its watch group that
-    is not public (watchdog 7). With any other watchdog the stock observer is used: everything
-    still works, the thumbnails' own events are just filtered later, by the event handler.
+    - "output-blind": no watch on a folder for which `skip` is true (below a watched folder's
+      top; new ones included), so our own thumbnails wake nobody;
+    - "overflow": `overflowed()` when the kernel's inotify queue overflows;
+    - "watch-limit": `unwatchable(path)` for a subfolder inotify could not watch.
+
+    watchdog has no public API for any of these; they subclass its watch group, whose private
+    names are checked here against TESTED_WATCHDOG. With another watchdog the stock observer
+    runs (one WARNING says so): everything still works, with the thumbnails' own events
+    filtered later, overflow found through watchdog's log line, and the watch limit found
+    only for top folders.
     """
     observer = InotifyObserver(generate_full_events=True)
     try:
         from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
     except ImportError:
-        return observer
-    if not (callable(getattr(InotifyWatchGroup, "_add_callback", None)) and "_inotify_fd" in InotifyWatchGroup.__annotations__
-            and getattr(observer, "_emitter_class", None) is InotifyFullEmitter):
-        return observer
+        InotifyFullEmitter = InotifyWatchGroup = None  # noqa: N806
+    if InotifyWatchGroup is None or not (
+        all(callable(getattr(InotifyWatchGroup, name, None)) for name in ("_add_callback", "on_queue_overflow"))
+        and {"_inotify_fd", "_active_callbacks_by_path"} <= set(InotifyWatchGroup.__annotations__)
+        and getattr(observer, "_emitter_class", None) is InotifyFullEmitter
+    ):
+        logger.warning("watchdog %s is not one thumbwatch was tested with (%s): running without its inotify hooks",
+                       _watchdog_version(), TESTED_WATCHDOG)
+        return observer, []
 
     class Group(InotifyWatchGroup):
         def _add_callback(self, path: bytes) -> None:
             if path != self.path and skip(path):
                 return
             super()._add_callback(path)
+            if path not in self._active_callbacks_by_path and os.path.isdir(path):
+                unwatchable(path)  # watchdog swallowed the error (ENOSPC: the watch limit)
+
+        def on_queue_overflow(self) -> None:
+            super().on_queue_overflow()
+            overflowed()
 
     class Emitter(InotifyFullEmitter):
         def on_thread_start(self) -> None:  # InotifyEmitter's, with our group
@@ -205,12 +251,32 @@ def _output_blind_observer(skip: Callable[[bytes], bool]) -> InotifyObserver:
             )
 
     observer._emitter_class = Emitter
-    return observer
+    return observer, ["output-blind", "overflow", "watch-limit"]
+
+
+TESTED_WATCHDOG = "7.1"
+
+
+def _watchdog_version() -> str:
+    try:
+        from watchdog.version import VERSION_STRING
+
+        return VERSION_STRING
+    except ImportError:
+        return "(unknown)"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 class _OverflowWatch(logging.Handler):
-    """watchdog reports an inotify queue overflow (IN_Q_OVERFLOW) only as a log warning; this
-    turns that warning into a rescan, so no photo is lost when the kernel drops events."""
+    """The fallback when the overflow hook is not in place: watchdog reports an inotify queue
+    overflow (IN_Q_OVERFLOW) as a log warning; this turns that warning into a rescan."""
 
     _installed: "_OverflowWatch | None" = None
 
