@@ -378,3 +378,20 @@ def test_reload_keeps_failure_records_not_yet_saved(master):
     master.config.source.write_text("watch: {paths: [photos]}\nstate: {dir: state}\n")
     master.reload()
     assert [p for p, _f in master.failures.items()] == [a]
+
+
+def test_photos_cleared_by_retry_go_to_the_live_lane_at_reload(master):
+    from watcher.jobs import LIVE
+    from watcher.state import FailureStore
+
+    a = photo(master, "a.jpg")
+    master.admission._fail(a, os.stat(a), "corrupt JPEG data")
+    master.failures.save()
+    other = FailureStore(master.config.state.dir)  # what `thumbwatch retry` does
+    other.load()
+    other.clear()
+    other.save(force=True)
+    master.executor.slots = 0
+    master.config.source.write_text("watch: {paths: [photos]}\nstate: {dir: state}\n")
+    master.reload()
+    assert len(master.failures) == 0 and master.admission.queue.lane_of(a) == LIVE

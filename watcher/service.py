@@ -420,13 +420,13 @@ class Service:
         self.notifier.ready(self._status_line())
 
     def _reload_failures(self) -> None:
-        """`thumbwatch retry` may have cleared records on disk; records not yet saved stay."""
-        merge = getattr(self.failures, "merge_from_disk", None)
-        if merge is not None:
-            merge()
-        else:
-            self._save_failures()
-            self.failures.load()
+        """`thumbwatch retry` may have cleared records on disk (records not yet saved stay):
+        those photos go to the live lane, ahead of the reload's rescan."""
+        before = {path for path, _failure in self.failures.items()}
+        self.failures.merge_from_disk()
+        for path in sorted(before - {path for path, _failure in self.failures.items()}):
+            if self.rules.wants(path):
+                self.admission.retry_now(path)
 
     # ---- stop -----------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import resource
 import signal
 import tempfile
 import time
@@ -22,6 +21,7 @@ from PIL import Image
 
 from . import messages as msg
 from .config import OutputConfig, SizeSpec
+from .limits import memory_cap
 from .paths import Target
 from .render import OutputError, PhotoVanished, RenderError, RenderSettings, render
 
@@ -36,10 +36,9 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _forward_logs(conn)
-    if memory_limit_mb:
-        note = cap_memory(memory_limit_mb)
-        if note:
-            logger.warning("%s", note)
+    note = memory_cap(memory_limit_mb)
+    if note:
+        logger.warning("%s", note)
     keep_freed_memory()
     warm_up()
     conn.send(msg.Hello(os.getpid()))
@@ -82,20 +81,6 @@ def run_job(job_id: int, src: str, targets: Any, settings: Any) -> Any:
         return msg.CannotRender(job_id, "out of memory (raise limits.worker_memory_mb?)", ms())
     except Exception:
         return msg.Bug(job_id, traceback.format_exc())
-
-
-def cap_memory(limit_mb: int) -> str | None:
-    """Cap the address space (RLIMIT_AS) so a runaway decode is a MemoryError, not the OOM
-    killer. Never above the hard limit this process was given (`ulimit -v`): raising it is
-    not allowed, so the lower of the two applies and the note says so."""
-    wanted = limit_mb * 1024 * 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-        return (f"limits.worker_memory_mb is {limit_mb} MB but this process may use only "
-                f"{hard // (1024 * 1024)} MB (ulimit -v / LimitAS=); using that")
-    resource.setrlimit(resource.RLIMIT_AS, (wanted, wanted))
-    return None
 
 
 # glibc's mallopt() parameters
