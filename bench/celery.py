@@ -1,0 +1,227 @@
+"""Benchmark of the Celery backend: `python -m bench.celery` (also run by `make bench`).
+
+1. publish rate: how many photos per second the master's CeleryExecutor puts into the broker
+   (no render host running; target >= 6,000 photos/s, ten 16-core hosts at ~25 ms a photo);
+2. throughput: one `thumbwatch worker` with 2 processes against the local pool with 2 processes
+   (`thumbwatch scan`), the same photos; each rate is taken between the first and the last
+   finished photo, so start-up is left out of both (target: celery >= 0.9x local).
+
+Needs redis-server (started here on 127.0.0.1 and a free port, stopped after) and the celery extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing.connection
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+CONFIG = """\
+watch:
+  paths: [photos]
+output:
+  sizes:
+    - {{name: small, width: 256, height: 256}}
+workers:
+  count: 2
+  backend: {backend}
+  queue_size: {queue_size}
+limits:
+  worker_memory_mb: 0
+state:
+  dir: state-{backend}
+log:
+  level: info
+celery:
+  broker: {url}
+  queue: bench
+  batch: {batch}
+"""
+
+
+def make_photos(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    # a camera-like picture: smooth gradients with some grain (noise alone would make 15 MB files)
+    grad = Image.linear_gradient("L").resize(size)
+    grain = Image.effect_noise((size[0] // 8, size[1] // 8), 30).resize(size)
+    base = Image.merge("RGB", (grad, grain, grad.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    first = folder / "b0000.jpg"
+    base.save(first, "JPEG", quality=90)
+    paths = [first]
+    for i in range(1, count):
+        path = folder / f"b{i:04d}.jpg"
+        shutil.copyfile(first, path)
+        paths.append(path)
+    return paths
+
+
+def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
+    from redis_server import _free_port
+
+    port = _free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(work), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def executor_for(config_path: Path):
+    from watcher.celery_backend import CeleryExecutor
+    from watcher.config import load
+    from watcher.paths import PathRules
+    from watcher.render import RenderSettings
+
+    config = load(config_path, base_dir=config_path.parent)
+    return config, PathRules(config), RenderSettings(config.output, config.limits.max_pixels), CeleryExecutor(config)
+
+
+def jobs_for(rules, paths: list[Path]):
+    from watcher.executor import Job
+
+    out = []
+    for i, path in enumerate(paths):
+        st = os.stat(path)
+        out.append(Job(i, str(path), st.st_size, st.st_mtime_ns, rules.targets(str(path)), st.st_ino))
+    return out
+
+
+def publish_rate(work: Path, url: str, count: int, batch: int) -> dict:
+    folder = work / f"pub-{batch}"
+    (folder / "photos").mkdir(parents=True)
+    config_path = folder / "config.yaml"
+    config_path.write_text(CONFIG.format(backend="celery", url=url, queue_size=10_000_000, batch=batch))
+    names = [folder / "photos" / f"x{i:06d}.jpg" for i in range(count)]
+    for path in names:
+        path.touch()
+    _config, rules, settings, ex = executor_for(config_path)
+    ex.start()
+    jobs = jobs_for(rules, names)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for job in jobs:
+        ex.submit(job, settings)
+    ex.waitables()  # flushes the last partial batch
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    tasks = len(ex.task_keys)
+    ex.stop_now()
+    return {"batch": batch, "photos": count, "tasks": tasks, "seconds": round(elapsed, 3), "photos_per_s": round(count / elapsed), "cpu_ms_per_photo": round(cpu * 1000 / count, 4)}
+
+
+def rate(times: list[float]) -> float:
+    times = sorted(times)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def local_rate(work: Path, url: str, count: int, size: tuple[int, int]) -> float:
+    folder = work / "local"
+    make_photos(folder / "photos", count, size)
+    (folder / "config.yaml").write_text(CONFIG.format(backend="local", url=url, queue_size=1000, batch=8))
+    out = subprocess.run([sys.executable, "-m", "watcher", "scan", "-c", "config.yaml"], cwd=folder, capture_output=True, text=True)
+    stamps = []
+    for line in out.stderr.splitlines():
+        match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \w+ ok ", line)
+        if match:
+            stamps.append(time.mktime(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + float("0" + match.group(1)[19:]))
+    if len(stamps) != count:
+        raise SystemExit(f"local scan made {len(stamps)} ok lines of {count} (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return rate(stamps)
+
+
+def celery_rate(work: Path, url: str, count: int, size: tuple[int, int], batch: int) -> float:
+    folder = work / f"celery-{batch}"
+    make_photos(folder / "photos", count, size)
+    config_path = folder / "config.yaml"
+    config_path.write_text(CONFIG.format(backend="celery", url=url, queue_size=1000, batch=batch))
+    log = open(folder / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "watcher", "worker", "-c", "config.yaml", "--name", "bench"], cwd=folder,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ready_by = time.monotonic() + 60
+        while b" ready." not in (folder / "worker.log").read_bytes():
+            if worker.poll() is not None or time.monotonic() > ready_by:
+                raise SystemExit((folder / "worker.log").read_text()[-3000:])
+            time.sleep(0.05)
+        _config, rules, settings, ex = executor_for(config_path)
+        ex.start()
+        todo = jobs_for(rules, sorted((folder / "photos").glob("*.jpg")))
+        stamps: list[float] = []
+        deadline = time.monotonic() + 300
+        while len(stamps) < count and time.monotonic() < deadline:
+            while ex.capacity() and todo:
+                ex.submit(todo.pop(0), settings)
+            ready = multiprocessing.connection.wait(ex.waitables(), 1.0)
+            for outcome in ex.collect(ready, time.monotonic()):
+                assert type(outcome).__name__ == "Rendered", outcome
+                stamps.append(time.time())
+        ex.stop_now()
+        return rate(stamps)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.celery")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer photos, one round")
+    args = parser.parse_args()
+    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
+        print("bench.celery: redis-server is not installed; skipped")
+        return 0
+    count, rounds = (60, 1) if args.quick else (200, 3)
+    size = (4000, 3000)  # 12 MP, 256 px thumbnails, as the main bench
+    work = Path(tempfile.mkdtemp(prefix="thumbwatch-bench-celery-"))
+    proc, url = start_redis(work)
+    results: dict = {}
+    try:
+        results["publish_batch8"] = publish_rate(work, url, 10_000 if not args.quick else 5_000, 8)
+        results["publish"] = publish_rate(work, url, 20_000 if not args.quick else 5_000, 32)
+        local, celery = [], []
+        for r in range(rounds):  # interleaved, so a shared machine's drift hits both alike
+            shutil.rmtree(work / "local", ignore_errors=True)
+            shutil.rmtree(work / "celery-8", ignore_errors=True)
+            local.append(local_rate(work, url, count, size))
+            celery.append(celery_rate(work, url, count, size, 8))
+        results["local_img_s"] = sorted(local)[len(local) // 2]
+        results["celery_img_s"] = sorted(celery)[len(celery) // 2]
+        results["celery_vs_local"] = round(results["celery_img_s"] / results["local_img_s"], 3)
+        results["rounds"] = {"local": [round(x, 1) for x in local], "celery": [round(x, 1) for x in celery]}
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    small = results["publish_batch8"]
+    print(f"publish with celery.batch 8: {small['photos_per_s']} photos/s ({small['cpu_ms_per_photo']} ms CPU per photo)")
+    pub = results["publish"]
+    print(f"publish with celery.batch 32: {pub['photos_per_s']} photos/s into the broker ({pub['photos']} photos in {pub['tasks']} tasks, "
+          f"{pub['cpu_ms_per_photo']} ms CPU per photo) target >= 6000: {'pass' if pub['photos_per_s'] >= 6000 else 'MISS'}")
+    print(f"throughput, 12 MP -> 256 px, 2 processes: local pool {results['local_img_s']:.1f} img/s, celery {results['celery_img_s']:.1f} img/s "
+          f"= {results['celery_vs_local']:.3f}x (target >= 0.9: {'pass' if results['celery_vs_local'] >= 0.9 else 'MISS'}); rounds {results['rounds']}")
+    out = REPO / "bench" / "results" / "celery.json"
+    out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
