@@ -409,3 +409,24 @@ def test_kernel_inotify_queue_overflow_triggers_a_rescan(project, start_daemon, 
     daemon.wait_log(r"inotify queue overflowed and events were lost; rescanning", timeout=30)
     for name in names:
         wait_for(thumb(project, name).exists, 60, message=name)
+
+
+def test_inotify_watch_limit_on_subfolders_is_reported_and_they_are_polled(project, start_daemon):
+    """The limit lowered for the daemon alone, in a user namespace of its own: watchdog swallows
+    the error for subfolders, and the daemon must notice it anyway."""
+    probe = subprocess.run(["unshare", "-U", "-r", "sh", "-c", "echo 20 > /proc/sys/user/max_inotify_watches"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot lower the inotify watch limit in a user namespace here: {probe.stderr.decode().strip()}")
+    for i in range(40):
+        (project / "photos" / f"sub{i:02}").mkdir()
+    edit_config(project, "rescan_interval: 0", "rescan_interval: 0\n  poll_interval: 0.2")
+    daemon = start_daemon(prefix=("unshare", "-U", "-r", "sh", "-c", 'echo 20 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh"))
+    daemon.wait_ready()
+    line = daemon.wait_log(r"cannot watch \d+ folder\(s\) below")[0]
+    assert "ERROR" in line and "fs.inotify.max_user_watches" in line and "raise it to at least" in line and "polling" in line
+    unwatched = int(re.search(r"cannot watch (\d+) folder", line).group(1))
+    assert 15 <= unwatched <= 21, line
+    make_jpeg(project / "photos" / "sub39" / "polled.jpg")
+    make_jpeg(project / "photos" / "notified.jpg")
+    wait_for(thumb(project, "sub39/polled.jpg").exists, 20, message="photo in a folder inotify could not watch")
+    wait_for(thumb(project, "notified.jpg").exists, 20, message="photo in the watched top folder")

@@ -197,9 +197,10 @@ class Admission:
 
     def settle(self, path: str) -> None:
         """Queue it once its size and mtime have held still for watch.settle_seconds."""
+        if path in self.settling or self.queue.lane_of(path):
+            return  # already queued: a close-write (inotify) said it is complete
         st = _stat(path)
-        if st is not None and path not in self.settling:
-            self.queue.discard(path)
+        if st is not None:
             self.settling[path] = Settling(st.st_size, st.st_mtime_ns, self.clock())
 
     def created(self, path: str) -> None:

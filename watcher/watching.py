@@ -170,7 +170,7 @@ class Watching:
         if not fresh:
             return
         tops = [p for p in fresh if not any(p.startswith(q + os.sep) for q in fresh)]
-        folders = sum(1 + sum(len(d) for _r, d, _f in os.walk(top)) for top in tops)
+        folders = len(fresh)
         limit = _read_int("/proc/sys/user/max_inotify_watches") or _read_int("/proc/sys/fs/inotify/max_user_watches")
         logger.error(
             "cannot watch %d folder(s) below %s with inotify: the watch limit is reached (fs.inotify.max_user_watches = %s; "
