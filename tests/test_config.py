@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,70 @@ def test_output_dir_holding_the_watched_folder_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(ConfigError, match="output.dir"):
         load(write(tmp_path, f"watch: {{paths: [photos]}}\noutput: {{dir: {tmp_path}}}"), base_dir=tmp_path)
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9)}]\n" for a, b in zip("bcdefghi", "abcdefgh"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("watch:\n  paths: [photos]\n  recursive: true\n  recursive: false\n", "watch.recursive: given twice (lines 3 and 4)"),
+    ("watch: {paths: [photos]}\nworkers: {count: 1}\nworkers: {count: 2}\n", "workers: given twice (lines 2 and 3)"),
+    ("watch: {paths: [photos]}\noutput:\n  sizes:\n    - {name: a, width: 5,\n       width: 6}\n", "output.sizes[0].width: given twice (lines 4 and 5)"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + BOMB + "watch: {paths: *i}\n", "is it an alias bomb?"),
+    ("watch: {paths: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than 32 deep"),
+    ("watch: " + "{a: " * 200 + "1" + "}" * 200 + "\n", "nested more than 32 deep"),
+    ("watch: &w {paths: [photos], x: *w}\n", "refers to the value holding it"),
+])
+def test_duplicate_keys_alias_bombs_and_deep_nesting_are_refused_in_one_line(tmp_path, text, expected):
+    (tmp_path / "photos").mkdir()
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path, base_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message and len(message) < 300, message
+
+
+def test_merge_keys_and_a_few_aliases_still_load(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, """
+watch: {paths: [photos]}
+output:
+  sizes:
+    - &s {name: a, width: 64, height: 64}
+    - {<<: *s, name: b, width: 128}
+"""), base_dir=tmp_path)
+    assert [(s.name, s.width, s.height) for s in config.output.sizes] == [("a", 64, 64), ("b", 128, 64)]
+
+
+def test_a_huge_value_in_an_error_is_shortened(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, "watch: {paths: [photos]}\nworkers: {count: '" + "x" * 100_000 + "'}\n"), base_dir=tmp_path)
+    assert "workers.count" in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("out", [".", "./", "{root}", "{parent}", "{link_to_root}", "{link_to_parent}"])
+def test_an_output_dir_that_is_or_holds_a_watched_folder_is_refused(tmp_path, out):
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.symlink(root, tmp_path / "link")
+    os.symlink(tmp_path, root / "up")  # a relative output.dir through a symlink inside the folder
+    out = out.format(root=root, parent=tmp_path, link_to_root=tmp_path / "link", link_to_parent="up")
+    with pytest.raises(ConfigError, match="output.dir"):
+        load(write(tmp_path, f"watch: {{paths: [photos]}}\noutput: {{dir: '{out}', sizes: [{{name: a, width: 5}}, {{name: b, width: 9}}]}}"), base_dir=tmp_path)
+
+
+def test_a_watched_folder_inside_another_ones_thumbnails_is_refused(tmp_path):
+    (tmp_path / "a" / "thumbs" / "b").mkdir(parents=True)
+    os.symlink(tmp_path / "a" / "thumbs" / "b", tmp_path / "b")
+    with pytest.raises(ConfigError, match="watch.paths|output.dir"):
+        load(write(tmp_path, "watch: {paths: [a, b]}"), base_dir=tmp_path)
+
+
+def test_output_dirs_beside_or_inside_the_watched_folder_still_load(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for out in ("thumbs", "sub/thumbs", str(tmp_path / "thumbs"), str(tmp_path / "photos" / "thumbs")):
+        load(write(tmp_path, f"watch: {{paths: [photos]}}\noutput: {{dir: '{out}'}}"), base_dir=tmp_path)
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def test_temp_names_are_hidden_ours_and_name_the_writer(tmp_path):
     temp = temp_path_for(str(tmp_path / "thumbs/a.jpg"), 4242)
     assert Path(temp).parent == tmp_path / "thumbs"
     assert is_our_temp(Path(temp).name) and "4242" in temp
+
+
+@pytest.mark.parametrize("name", ["a" * 230 + ".jpg", "写" * 83 + ".jpg", "é" * 125 + ".jpeg", "x" * 255, "\udcff" * 200 + ".jpg", "a." + "b" * 240])
+def test_temp_names_never_exceed_name_max_and_stay_ours(tmp_path, name):
+    assert len(os.fsencode(name)) <= 255
+    temp = os.path.basename(temp_path_for(str(tmp_path / name), 4194303))
+    assert len(os.fsencode(temp)) <= 255, len(os.fsencode(temp))
+    assert is_our_temp(temp) and temp.startswith(".tw-4194303-") and temp.endswith(".tmp")
+    assert temp == os.path.basename(temp_path_for(str(tmp_path / name), 4194303))  # the master finds it again
+    assert temp != os.path.basename(temp_path_for(str(tmp_path / (name[:-1] + "Z")), 4194303))
+    open(tmp_path / temp, "wb").close()  # the kernel takes it
 
 
 def test_shown_keeps_one_line_per_path():
