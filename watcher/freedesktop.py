@@ -115,32 +115,3 @@ def forget_failure(photo: str, version: str) -> None:
         os.unlink(fail_path(photo, version))
     except OSError:
         pass
-
-
-def _text(path: Path) -> dict[str, str] | None:
-    try:
-        with Image.open(path, formats=("PNG",)) as im:
-            im.load()
-            return dict(im.text)
-    except (OSError, SyntaxError, ValueError):
-        return None
-
-
-def _matches(path: Path, photo: str) -> bool:
-    try:
-        mtime = str(int(os.stat(photo).st_mtime))
-    except OSError:
-        return False
-    text = _text(path)
-    return text is not None and text.get("Thumb::URI") == uri_for(photo) and text.get("Thumb::MTime") == mtime
-
-
-def is_fresh(photo: str, flavor: str | None = None) -> bool:
-    """Does `photo` have an up-to-date thumbnail (in `flavor`, or in every flavor), by Thumb::MTime?"""
-    flavors = [flavor] if flavor else [size.name for size in SIZES]
-    return all(_matches(thumbnail_path(photo, name), photo) for name in flavors)
-
-
-def has_failed(photo: str, version: str) -> bool:
-    """Is there a fail entry for `photo` as it is now (same Thumb::MTime)?"""
-    return _matches(fail_path(photo, version), photo)

@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import freedesktop
 from .config import Config, SizeSpec
@@ -238,14 +237,6 @@ def _cut(text: str, limit: int) -> str:
 
 def is_our_temp(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(".tmp")
-
-
-def inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def relative_to_root(path: str, root: str) -> Path:
-    return Path(path).relative_to(root)
 
 
 def shown(path: str) -> str:

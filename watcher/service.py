@@ -21,7 +21,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from . import __version__, config as config_mod, logsetup
-from .admission import Admission, Stats, remove_thumbnails
+from .admission import Admission, Stats
 from .config import Config, ConfigError
 from .events import Notice
 from .executor import Executor, ExecutorBroken

@@ -29,10 +29,6 @@ class Notifier:
         self._warned = False
         self._sock: socket.socket | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, *fields: str) -> None:
         if self.address is None:
             return
