@@ -234,3 +234,41 @@ def move_in(folder: Path, names: list[str], project: Path) -> None:
 
 def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tw-")]
+
+
+def flat_jpeg_bytes(colour: tuple[int, int, int], width: int = 96, height: int = 72, *, pad_to: int = 0) -> bytes:
+    """A JPEG of one flat colour; `pad_to` appends bytes after the end marker (decoders ignore
+    them) so that photos of different colours can have exactly the same size."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    assert len(data) <= pad_to or not pad_to, f"a {width}x{height} JPEG is {len(data)} bytes, over pad_to={pad_to}"
+    return data + b"\0" * (pad_to - len(data)) if pad_to else data
+
+
+def make_flat_jpeg(path: str | os.PathLike[str], colour: tuple[int, int, int], width: int = 96, height: int = 72, *, pad_to: int = 0) -> Path:
+    """Write a flat-colour JPEG in one write (so its close is the whole photo)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flat_jpeg_bytes(colour, width, height, pad_to=pad_to))
+    return path
+
+
+def mean_colour(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """The mean RGB of an image file (a thumbnail, or a flat photo itself)."""
+    from PIL import ImageStat
+
+    with Image.open(path) as im:
+        return tuple(round(v) for v in ImageStat.Stat(im.convert("RGB")).mean)  # type: ignore[return-value]
+
+
+def same_colour(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b))
+
+
+def palette(i: int) -> tuple[int, int, int]:
+    """The i-th of 216 flat colours, each at least 40 apart from the others in some channel."""
+    i %= 216
+    return (20 + 40 * (i % 6), 20 + 40 * (i // 6 % 6), 20 + 40 * (i // 36))
