@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/thumbwatch.yaml
 
-.PHONY: run test stress bench clean redis-server
+.PHONY: run test test-systemd stress bench clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,24 @@ redis-server:
 	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; \
 	    rc=$$?; [ -z "$$ours" ] || rm -f /usr/sbin/policy-rc.d; [ $$rc = 0 ] || echo "could not install redis-server: the Celery tests will skip"; \
 	  else echo "redis-server is missing (apt-get install redis-server): the Celery tests will skip"; fi; }
+
+# Boots Debian 12 with systemd as PID 1 (mmdebstrap + systemd-nspawn), installs thumbwatch there
+# the README's way and checks it as a person would (tests/systemd). Needs root: installs mmdebstrap
+# and systemd-container (pinned to the host's systemd, so apt leaves the host's systemd alone) when
+# missing; skips with a message otherwise. The root file system is cached in .cache/systemd-rootfs.
+test-systemd: $(VENV)/.installed-test
+	@if [ "$$(id -u)" != 0 ]; then echo "test-systemd: skipped: needs root (it boots a container)"; exit 0; fi; \
+	missing=; command -v mmdebstrap >/dev/null || missing=mmdebstrap; \
+	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
+	if [ -n "$$missing" ]; then \
+	  if ! command -v apt-get >/dev/null; then echo "test-systemd: skipped: missing$$missing and no apt-get"; exit 0; fi; \
+	  v=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null); \
+	  pkgs=$$(for p in $$missing; do if [ $$p = systemd-container ] && [ -n "$$v" ]; then echo "$$p=$$v"; else echo $$p; fi; done); \
+	  echo "test-systemd: installing $$pkgs"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } \
+	    || { echo "test-systemd: skipped: cannot install $$pkgs"; exit 0; }; \
+	fi; \
+	THUMBWATCH_SYSTEMD=1 $(BIN)/python -m pytest -p no:cacheprovider -s tests/systemd
 
 stress: $(VENV)/.installed-test
 	THUMBWATCH_STRESS=1 $(BIN)/python -m pytest -m stress -p no:cacheprovider tests/test_stress.py

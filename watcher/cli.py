@@ -125,6 +125,10 @@ def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = 
 
     logsetup.configure(config.log)
     check_state_dir(config.state.dir)
+    if config.metrics.port is not None:
+        from . import metrics
+
+        metrics.preflight(config.metrics)  # a config error (exit 78) before anything starts
     service = Service(config, notifier=Notifier(), one_shot=one_shot, base_dir=base_dir or Path.cwd())
     service.install_signal_handlers()
     service.signals.extend(early_signals or ())

@@ -340,6 +340,7 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     top.close()
     _check_output_outside_roots(top, watch, output)
     _check_under_system_unit(top, output, state)
+    _check_under_system_unit(top, output, state)
     return Config(file, watch, output, workers, limits, state, log, metrics)
 
 
@@ -531,6 +532,18 @@ def _parse_metrics(s: _Section) -> MetricsConfig:
     )
     s.close()
     return metrics
+
+
+def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:
+    """What cannot work under the shipped system units: they set THUMBWATCH_UNIT=system and
+    StateDirectory= (the only writable state folder under ProtectSystem=strict)."""
+    if os.environ.get("THUMBWATCH_UNIT") == "system" and output.style == "freedesktop":
+        raise top.error("output.style", "expected files under the system unit: freedesktop thumbnails belong in a desktop "
+                        "user's own cache, so run the user unit (systemd/user/thumbwatch.service, systemctl --user) for them",
+                        output.style)
+    granted = [Path(d) for d in os.environ.get("STATE_DIRECTORY", "").split(":") if d]
+    if granted and state.dir not in granted:
+        raise top.error("state.dir", f"expected the unit's StateDirectory= {granted[0]} (the only state folder it may write)", str(state.dir))
 
 
 def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:

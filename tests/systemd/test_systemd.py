@@ -1,0 +1,293 @@
+"""thumbwatch installed the README's way, under a real systemd 252 (Debian 12 in systemd-nspawn).
+
+`make test-systemd` only (THUMBWATCH_SYSTEMD=1). One machine for the module: it is booted, the
+README's "Installing" steps run in it verbatim from a copy of the working tree, and each test
+then checks what a person would, in order. The machine is always torn down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import REPO, corner_colour, is_blue, is_red, make_jpeg, wait_for
+from machine import Machine, MachineError, missing_tools, rootfs_tarball, wheelhouse
+
+pytestmark = pytest.mark.timeout(300)
+
+CONFIG = "/etc/thumbwatch/config.yaml"
+PHOTOS = "/srv/photos"
+SOURCE = "/root/thumbwatch"  # where the "clone" is in the machine
+
+
+def install_steps() -> list[str]:
+    """The commands of the README's "Installing" block, as written."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Installing"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "README: no ```sh block under ### Installing"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("make test-systemd needs root (it boots a container with systemd-nspawn)")
+    if missing := missing_tools():
+        pytest.skip(f"missing {', '.join(missing)}: apt-get install mmdebstrap systemd-container")
+    if not all(Path(p).is_dir() for p in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")):
+        pytest.skip("needs the cgroup hierarchies /sys/fs/cgroup/systemd and /sys/fs/cgroup/unified")
+    cache = REPO / ".cache" / "systemd-rootfs"
+    tarball = rootfs_tarball(cache)
+    wheels = wheelhouse(cache)
+    work = tmp_path_factory.mktemp("machine")
+    box = Machine(tarball, work, name=f"thumbwatch-test-{os.getpid()}")
+    with box:
+        started = time.monotonic()
+        box.unpack(wheels)
+        copy_working_tree(box.path(SOURCE))
+        make_fixtures(box.path("/opt/fixtures"))
+        box.boot()
+        print(f"\nbooted in {time.monotonic() - started:.1f} s")
+        # The people of the README: alice drops photos, bob is anyone else (a web server, say).
+        box.run("useradd --create-home alice && useradd --create-home bob")
+        for step in install_steps():
+            box.run(step, cwd=SOURCE, timeout=180)
+        print(f"installed by the README's steps in {time.monotonic() - started:.1f} s")
+        yield box
+
+
+def copy_working_tree(dest: Path) -> None:
+    """The working tree as a clone would have it: tracked and new files, not what git ignores."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def make_fixtures(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    make_jpeg(folder / "sideways.jpg", 400, 300, orientation=6)  # a phone photo taken upright
+    make_jpeg(folder / "plain.jpg", 400, 300, orientation=1)
+    make_jpeg(folder / "more.jpg", 300, 200, orientation=3)
+    whole = (folder / "plain.jpg").read_bytes()
+    (folder / "broken.jpg").write_bytes(whole[: len(whole) // 3])
+    for path in [folder, *folder.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# -- what a person would look at ---------------------------------------------------------------
+
+def show(box: Machine, unit: str, *props: str) -> dict[str, str]:
+    out = box.run(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def journal(box: Machine, unit: str, priority: str | None = None, since: str | None = None) -> list[str]:
+    options = f"-u {unit} -o cat --no-pager" + (f" -p {priority}" if priority else "") + (f" --since=@{since}" if since else "")
+    return box.run(f"journalctl {options}").stdout.splitlines()
+
+
+def status(box: Machine, config: str = CONFIG) -> dict | None:
+    """`thumbwatch status --json`, run by the admin from a shell (not inside the unit)."""
+    result = box.run(f"thumbwatch status -c {config} --json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def clock(box: Machine) -> str:
+    return box.run("date +%s").stdout.strip()
+
+
+def drop(box: Machine, name: str, folder: str = PHOTOS) -> None:
+    """alice, in the photos group, copies a photo in, as she would from a shell."""
+    box.run(f"cp /opt/fixtures/{name} {folder}/", user="alice")
+
+
+def assert_upright(path: Path) -> None:
+    with Image.open(path) as im:
+        im.load()
+        assert max(im.size) <= 75, im.size
+        assert is_red(corner_colour(im, "tl")) and is_blue(corner_colour(im, "br")), f"{path} is not upright"
+
+
+def wait_active(box: Machine, unit: str = "thumbwatch", timeout: float = 60) -> dict[str, str]:
+    return wait_for(lambda: (p := show(box, unit, "ActiveState", "MainPID", "StatusText", "NRestarts"))["ActiveState"] == "active" and p,
+                    timeout=timeout, interval=0.3, message=f"{unit} active")
+
+
+# -- the checks, in the order a person would make them ------------------------------------------
+
+def test_started_by_the_readme_active_with_a_status_line(machine):
+    props = wait_active(machine)
+    assert show(machine, "thumbwatch", "UnitFileState")["UnitFileState"] == "enabled"
+    wait_for(lambda: "watching" in show(machine, "thumbwatch", "StatusText")["StatusText"], timeout=30, interval=0.3,
+             message="a STATUS= line")
+    assert show(machine, "thumbwatch", "User")["User"] == "thumbwatch", props
+    running = status(machine)
+    assert running and running["folders"] == [PHOTOS], running
+
+
+def test_photos_dropped_by_the_photo_group_become_thumbnails_anyone_can_read(machine):
+    drop(machine, "sideways.jpg")
+    drop(machine, "plain.jpg")
+    thumbs = [machine.path(f"{PHOTOS}/thumbs/{name}") for name in ("sideways.jpg", "plain.jpg")]
+    wait_for(lambda: all(t.exists() for t in thumbs), timeout=30, interval=0.2, message="both thumbnails")
+    for name in ("sideways.jpg", "plain.jpg"):
+        # bob is not in the photos group: "readable by a web server" means by anyone.
+        size = machine.run(f"wc -c < {PHOTOS}/thumbs/{name}", user="bob").stdout.strip()
+        assert int(size) == machine.path(f"{PHOTOS}/thumbs/{name}").stat().st_size
+        listing = machine.run(f"stat -c '%A %U %G' {PHOTOS}/thumbs/{name}").stdout.split()
+        assert listing == ["-rw-r--r--", "thumbwatch", "photos"], listing
+    for thumb in thumbs:
+        assert_upright(thumb)
+    ok_lines = [line for line in journal(machine, "thumbwatch") if line.startswith(("ok ", "INFO ok")) or " ok " in line]
+    assert any("sideways.jpg" in line for line in ok_lines), ok_lines
+
+
+def test_a_corrupt_photo_is_the_only_warning(machine):
+    drop(machine, "broken.jpg")
+    warnings = wait_for(lambda: (w := journal(machine, "thumbwatch", "warning")) and any("broken.jpg" in line for line in w) and w,
+                        timeout=30, interval=0.3, message="a warning about broken.jpg")
+    assert all("broken.jpg" in line for line in warnings), warnings
+    # The admin's view from a shell: the failure records are saved within the daemon's periodic tick.
+    failed = wait_for(lambda: (out := machine.run(f"thumbwatch failed -c {CONFIG}").stdout) and out, timeout=30, interval=0.5,
+                      message="thumbwatch failed lists a photo")
+    assert "broken.jpg" in failed and "plain.jpg" not in failed, failed
+
+
+def test_reload_with_a_new_worker_count(machine):
+    before = wait_active(machine)
+    machine.run(f"sed -i 's/^  count: auto$/  count: 3/' {CONFIG} && grep -q '^  count: 3$' {CONFIG}")
+    machine.run("systemctl reload thumbwatch")
+    wait_for(lambda: (s := status(machine)) and len(s["workers"]) == 3, timeout=30, interval=0.3, message="3 workers after reload")
+    wait_for(lambda: "3 workers" in show(machine, "thumbwatch", "StatusText")["StatusText"], timeout=15, interval=0.3,
+             message="STATUS= says 3 workers")
+    assert show(machine, "thumbwatch", "MainPID")["MainPID"] == before["MainPID"], "reload restarted the service"
+
+
+def test_a_worker_killed_with_sigkill_is_replaced(machine):
+    workers = status(machine)["workers"]
+    victim = workers[0]
+    machine.run(f"kill -9 {victim}")
+    wait_for(lambda: (s := status(machine)) and victim not in s["workers"] and len(s["workers"]) == len(workers),
+             timeout=30, interval=0.3, message=f"worker {victim} replaced")
+    assert any(str(victim) in line for line in journal(machine, "thumbwatch", "err")), "no error line about the killed worker"
+    drop(machine, "more.jpg")
+    wait_for(lambda: machine.path(f"{PHOTOS}/thumbs/more.jpg").exists(), timeout=30, interval=0.2, message="a photo after the kill")
+    assert_upright(machine.path(f"{PHOTOS}/thumbs/more.jpg"))
+
+
+def test_the_watchdog_stays_quiet_while_idle(machine):
+    drop_in = machine.path("/etc/systemd/system/thumbwatch.service.d/test-watchdog.conf")
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    drop_in.write_text("[Service]\nWatchdogSec=2s\n")
+    machine.run("systemctl daemon-reload && systemctl restart thumbwatch")
+    props = wait_active(machine)
+    assert show(machine, "thumbwatch", "WatchdogUSec")["WatchdogUSec"] == "2s"
+    since = clock(machine)
+    time.sleep(8)  # the thing under test is idleness itself: four watchdog periods of it
+    after = show(machine, "thumbwatch", "ActiveState", "MainPID", "NRestarts")
+    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == ("active", props["MainPID"], props["NRestarts"]), after
+    assert not [line for line in journal(machine, "thumbwatch", since=since) if "atchdog" in line]
+
+
+def test_stop_drains_and_exits_0_without_sigkill(machine):
+    since = clock(machine)
+    machine.run("systemctl stop thumbwatch", timeout=60)
+    props = show(machine, "thumbwatch", "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}, props
+    lines = journal(machine, "thumbwatch", since=since)
+    assert any(line.startswith("stopped:") or " stopped:" in line for line in lines), lines
+    assert not [line for line in lines if "SIGKILL" in line or "Killing process" in line], lines
+    machine.run("systemctl start thumbwatch")
+    wait_active(machine)
+
+
+def test_kill_of_the_whole_service_is_restarted(machine):
+    before = wait_active(machine)
+    machine.run("systemctl kill -s KILL thumbwatch")
+    after = wait_for(lambda: (p := show(machine, "thumbwatch", "ActiveState", "MainPID", "NRestarts"))["ActiveState"] == "active"
+                     and p["MainPID"] not in ("0", before["MainPID"]) and p, timeout=60, interval=0.3, message="restarted")
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
+
+
+def test_a_second_instance_beside_the_plain_unit(machine):
+    # The README's instance steps, with NAME = second and its own photo folder.
+    machine.run("mkdir -p /srv/more && chown root:photos /srv/more && chmod 2775 /srv/more")
+    machine.run(f"sed 's|^  dir: /var/lib/thumbwatch$|  dir: /var/lib/thumbwatch-second|' config/system.yaml"
+                " | sed 's|^  paths: \\[/srv/photos\\]$|  paths: [/srv/more]|' > /etc/thumbwatch/second.yaml", cwd=SOURCE)
+    drop_in = machine.path("/etc/systemd/system/thumbwatch@second.service.d/paths.conf")
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text("[Service]\nReadWritePaths=/srv/more\n")
+    machine.run("systemctl daemon-reload && systemctl enable --now thumbwatch@second")
+    wait_active(machine, "thumbwatch@second")
+    wait_active(machine, "thumbwatch")
+    drop(machine, "plain.jpg", "/srv/more")
+    wait_for(lambda: machine.path("/srv/more/thumbs/plain.jpg").exists(), timeout=30, interval=0.2, message="the instance's thumbnail")
+    assert_upright(machine.path("/srv/more/thumbs/plain.jpg"))
+    second = status(machine, "/etc/thumbwatch/second.yaml")
+    assert second and second["folders"] == ["/srv/more"], second
+    assert status(machine)["pid"] != second["pid"]
+
+
+def failed_start(machine: Machine, name: str, yaml_text: str) -> tuple[dict[str, str], list[str]]:
+    machine.path(f"/etc/thumbwatch/{name}.yaml").write_text(yaml_text)
+    machine.run(f"systemctl start thumbwatch@{name}", check=False, timeout=60)
+    props = wait_for(lambda: (p := show(machine, f"thumbwatch@{name}", "ActiveState", "ExecMainStatus", "NRestarts"))["ActiveState"] == "failed" and p,
+                     timeout=30, interval=0.3, message=f"thumbwatch@{name} failed")
+    return props, journal(machine, f"thumbwatch@{name}", "err")
+
+
+def test_a_bad_config_exits_78_without_a_restart_loop(machine):
+    props, errors = failed_start(machine, "bad", f"watch:\n  paths: [{PHOTOS}]\nworkers:\n  count: two\nstate:\n  dir: /var/lib/thumbwatch-bad\n")
+    assert props["ExecMainStatus"] == "78", props
+    assert any("workers.count" in line and "/etc/thumbwatch/bad.yaml" in line for line in errors), errors
+    time.sleep(4)  # RestartSec=2: twice that, and still no restart
+    assert show(machine, "thumbwatch@bad", "NRestarts", "ActiveState") == {"NRestarts": "0", "ActiveState": "failed"}
+
+
+def test_freedesktop_is_refused_by_the_system_unit(machine):
+    props, errors = failed_start(machine, "desk", f"watch:\n  paths: [{PHOTOS}]\noutput:\n  style: freedesktop\nstate:\n  dir: /var/lib/thumbwatch-desk\n")
+    assert props["ExecMainStatus"] == "78", props
+    assert any("output.style" in line and "user unit" in line for line in errors), errors
+
+
+def test_metrics_name_the_unit_setting_then_work_with_the_drop_in(machine):
+    name = "metrics"
+    # The README: metrics need the extra, and a photo folder of its own (plus ReadWritePaths=).
+    machine.run("/opt/thumbwatch/bin/pip install --quiet '.[metrics]'", cwd=SOURCE, timeout=120)
+    machine.run("mkdir -p /srv/m && chown root:photos /srv/m && chmod 2775 /srv/m")
+    paths = machine.path(f"/etc/systemd/system/thumbwatch@{name}.service.d/paths.conf")
+    paths.parent.mkdir(parents=True)
+    paths.write_text("[Service]\nReadWritePaths=/srv/m\n")
+    machine.run("systemctl daemon-reload")
+    props, errors = failed_start(machine, name, f"watch:\n  paths: [/srv/m]\nstate:\n  dir: /var/lib/thumbwatch-{name}\n"
+                                 "metrics:\n  port: 9750\n")
+    assert props["ExecMainStatus"] == "78", props
+    assert any("RestrictAddressFamilies=" in line for line in errors), errors
+    # The fix the message names, as systemd/metrics.conf's comment says to install it.
+    machine.run(f"mkdir -p /etc/systemd/system/thumbwatch@{name}.service.d"
+                f" && cp systemd/metrics.conf /etc/systemd/system/thumbwatch@{name}.service.d/metrics.conf"
+                f" && systemctl daemon-reload && systemctl restart thumbwatch@{name}", cwd=SOURCE)
+    wait_active(machine, f"thumbwatch@{name}")
+    scrape = "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())\""
+    text = wait_for(lambda: (r := machine.run(scrape, check=False)).returncode == 0 and r.stdout, timeout=30, interval=0.5,
+                    message="the metrics endpoint")
+    assert "thumbwatch_photos_done" in text
+
+
+def test_everything_still_fine_at_the_end(machine):
+    failed = machine.run("systemctl --failed --no-legend --plain").stdout.split()
+    assert set(u for u in failed if u.endswith(".service")) <= {"thumbwatch@bad.service", "thumbwatch@desk.service"}, failed
+    assert status(machine)["failed"] >= 0
