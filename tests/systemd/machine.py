@@ -26,8 +26,9 @@ from pathlib import Path
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # systemd as PID 1, python3 + venv to install thumbwatch the README's way, sudo because the
-# README's steps say sudo, procps for ps/pgrep when a check fails and a person looks.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "sudo", "procps")
+# README's steps say sudo, libpam-systemd for a user manager (the user unit; every desktop has
+# it), procps for ps/pgrep when a check fails and a person looks.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv", "sudo", "procps")
 # Wheels for the machine's pip, fetched on the host once (the host's pip knows its proxy and CA),
 # served inside as an offline index through /etc/pip.conf, so `pip install .` needs no network:
 # thumbwatch's dependencies, the metrics extra, the build backend.

@@ -28,12 +28,12 @@ PHOTOS = "/srv/photos"
 SOURCE = "/root/thumbwatch"  # where the "clone" is in the machine
 
 
-def install_steps() -> list[str]:
-    """The commands of the README's "Installing" block, as written."""
+def install_steps(heading: str = "### Installing") -> list[str]:
+    """The commands of the README's first ```sh block under `heading`, as written."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("### Installing"):]
+    section = text[text.index(heading):]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "README: no ```sh block under ### Installing"
+    assert block, f"README: no ```sh block under {heading}"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -285,6 +285,29 @@ def test_metrics_name_the_unit_setting_then_work_with_the_drop_in(machine):
     text = wait_for(lambda: (r := machine.run(scrape, check=False)).returncode == 0 and r.stdout, timeout=30, interval=0.5,
                     message="the metrics endpoint")
     assert "thumbwatch_photos_done" in text
+
+
+def test_the_user_unit_fills_the_desktop_users_thumbnail_cache(machine):
+    # A desktop session stands in as lingering: alice's user manager runs without a login.
+    machine.run("loginctl enable-linger alice")
+    uid = machine.run("id -u alice").stdout.strip()
+    wait_for(lambda: show(machine, f"user@{uid}.service", "ActiveState")["ActiveState"] == "active", timeout=60, interval=0.3,
+             message="alice's user manager")
+    # Her clone of the repository; then the README's user-unit steps, as alice, verbatim.
+    machine.run(f"cp -r {SOURCE} /home/alice/thumbwatch && chown -R alice: /home/alice/thumbwatch")
+    for step in install_steps("### Desktop thumbnails"):
+        machine.run(f"export XDG_RUNTIME_DIR=/run/user/{uid} HOME=/home/alice; {step}", user="alice", cwd="/home/alice/thumbwatch", timeout=60)
+    machine.run("cp /opt/fixtures/sideways.jpg /home/alice/Pictures/", user="alice")
+    cache = machine.path("/home/alice/.cache/thumbnails/normal")
+    found = wait_for(lambda: cache.is_dir() and [p for p in cache.iterdir() if p.suffix == ".png"], timeout=30, interval=0.3,
+                     message="a freedesktop thumbnail in alice's cache")
+    with Image.open(found[0]) as im:
+        assert im.info.get("Thumb::URI") == "file:///home/alice/Pictures/sideways.jpg", im.info
+        im.load()
+        assert is_red(corner_colour(im, "tl")) and is_blue(corner_colour(im, "br")), "not upright"
+    assert found[0].stat().st_mode & 0o777 == 0o600, oct(found[0].stat().st_mode)
+    listing = machine.run(f"XDG_RUNTIME_DIR=/run/user/{uid} systemctl --user show thumbwatch -p ActiveState -p StatusText", user="alice").stdout
+    assert "ActiveState=active" in listing and "StatusText=" in listing, listing
 
 
 def test_everything_still_fine_at_the_end(machine):
