@@ -53,6 +53,7 @@ test-systemd: $(VENV)/.installed-test
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } \
 	    || { echo "test-systemd: skipped: cannot install $$pkgs"; exit 0; }; \
 	fi; \
+	$(BIN)/python tests/systemd/machine.py .cache/systemd-rootfs && \
 	THUMBWATCH_SYSTEMD=1 $(BIN)/python -m pytest -p no:cacheprovider -s tests/systemd
 
 stress: $(VENV)/.installed-test

@@ -270,3 +270,14 @@ def _cgroup_pids(group: Path) -> list[int]:
         except OSError:
             pass
     return sorted(set(pids))
+
+
+if __name__ == "__main__":
+    # `make test-systemd` builds the image first, outside pytest's per-test timeout:
+    # python tests/systemd/machine.py CACHE_DIR
+    folder = Path(sys.argv[1])
+    try:
+        rootfs_tarball(folder)
+        wheelhouse(folder)
+    except MachineError as err:
+        sys.exit(f"test-systemd: {err}")

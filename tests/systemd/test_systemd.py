@@ -166,6 +166,13 @@ def test_a_corrupt_photo_is_the_only_warning(machine):
     assert "broken.jpg" in failed and "plain.jpg" not in failed, failed
 
 
+def test_retry_from_the_admins_shell_reaches_the_running_service(machine):
+    out = machine.run(f"thumbwatch retry -c {CONFIG}").stdout
+    assert "cleared 1 failure record(s); told the running daemon" in out, out
+    wait_for(lambda: sum("broken.jpg" in line for line in journal(machine, "thumbwatch", "warning")) == 2, timeout=30, interval=0.3,
+             message="broken.jpg tried again")
+
+
 def test_reload_with_a_new_worker_count(machine):
     before = wait_active(machine)
     machine.run(f"sed -i 's/^  count: auto$/  count: 3/' {CONFIG} && grep -q '^  count: 3$' {CONFIG}")
