@@ -81,6 +81,8 @@ class PhotoEventHandler(FileSystemEventHandler):
         elif isinstance(event, FileCreatedEvent):
             if rules.wants(src):
                 self.notify(Notice("settle" if self.polling else "created", src))
+            elif rules.config.watch.follow_symlinks and rules.wants_dir(src):
+                self.notify(Notice("link", src))  # perhaps a symlink to a folder: the master looks
         elif isinstance(event, FileModifiedEvent):
             if self.polling and rules.wants(src):
                 self.notify(Notice("settle", src))

@@ -58,19 +58,36 @@ class PathRules:
         return None
 
     def followable(self, path: str) -> bool:
-        """With watch.follow_symlinks off, a path counts only if no symlink leads to it from its
-        watched folder: neither the file itself nor any folder between (a folder linked in
-        from elsewhere, a link to `..`). The one rule for events, scans and admission."""
-        if self.config.watch.follow_symlinks:
-            return True
+        """May a walk or an event go through this path? The one symlink rule for events, scans
+        and admission. With watch.follow_symlinks off, only if no symlink leads to it from its
+        watched folder: neither the file itself nor a folder between (linked in from
+        elsewhere, a link to `..`). With it on, a link may lead out of the watched folders, but
+        never back into them or into an output tree: what is there is reached under its own
+        name, so nothing is walked twice and a loop ends."""
         root = self.root_of(path)
         if root is None:
             return False
-        real_root = self._real_roots.get(root)
-        if real_root is None:
-            real_root = self._real_roots[root] = os.path.realpath(root)
         rel = path[len(root) + 1 :]
-        return os.path.realpath(path) == (os.path.join(real_root, rel) if rel else real_root)
+        real_root = self._real_root(root)
+        real = os.path.realpath(path)
+        if real == (os.path.join(real_root, rel) if rel else real_root):
+            return True
+        return self.config.watch.follow_symlinks and not self.really_inside_roots(real)
+
+    def _real_root(self, root: str) -> str:
+        real = self._real_roots.get(root)
+        if real is None:
+            real = self._real_roots[root] = os.path.realpath(root)
+        return real
+
+    def really_inside_roots(self, real: str) -> bool:
+        """Is a resolved path (os.path.realpath) one of the watched folders, inside one, or
+        inside an output tree?"""
+        for root in self.roots:
+            real_root = self._real_root(root)
+            if real == real_root or real.startswith(real_root + os.sep):
+                return True
+        return any(real == o or real.startswith(o + os.sep) for o in map(os.path.realpath, self.output_roots))
 
     def names_photo(self, name: str) -> bool:
         """Does a file name match watch.patterns (whatever its folder)?"""

@@ -59,6 +59,9 @@ def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tupl
 
 
 def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]], follow: bool) -> bool:
+    """Following symlinks, a linked folder is entered only when it leads out of the watched
+    folders (whatever lies inside them is walked under its own name: a link to `..` or into an
+    output tree is never followed), and each folder once however many links lead to it."""
     if not follow:
         return True
     st = entry.stat()
@@ -66,7 +69,7 @@ def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]
     if key in seen:
         return False
     seen.add(key)
-    return not (entry.is_symlink() and rules.is_output(os.path.realpath(entry.path)))
+    return not entry.is_symlink() or rules.followable(entry.path)
 
 
 def remove_stale_temps(rules: PathRules) -> int:

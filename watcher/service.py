@@ -66,6 +66,7 @@ class Service:
         self.admission = Admission(config, self.rules, self.failures, self.stats, wake=self.wake, clock=clock)
         self.executor = executor or make_executor(config)
         self.notices: deque[Notice] = deque()
+        self.resync: set[str] = set()  # watched folders whose inotify watches went stale
         self.signals: deque[int] = deque()
         self.stopping = False
         self.forced = False
@@ -238,6 +239,9 @@ class Service:
                     admission.deleted(notice.path)
                 case "new-dir":
                     self.rescan("new folder", (notice.path,))
+                case "link":
+                    if os.path.isdir(notice.path) and self.rules.followable(notice.path):
+                        self.rescan("new folder", (notice.path,))
                 case "dir-moved":
                     self._folder_moved(notice.path, notice.dest)
                 case "dir-deleted":
@@ -264,6 +268,9 @@ class Service:
         if folder in self.rules.roots:
             self.watching.check()
             return
+        root = self.rules.root_of(folder)
+        if root is not None and not self.one_shot:
+            self.resync.add(root)  # its watches went with it (see Watching.resync)
         if os.path.lexists(folder) or not self.rules.sweepable() or not self.config.output.delete_with_photo:
             return
         bases = [base for _size, base in self.rules.folder(folder).bases if os.path.isdir(base)]
@@ -292,6 +299,8 @@ class Service:
 
     def _periodic(self, now: float) -> None:
         self.admission.tick()
+        while self.resync:
+            self.watching.resync(self.resync.pop())
         if self.admission.queue.take_overflow():
             logger.warning("queue was full and events were dropped; rescanning to find those photos")
             self.rescan("overflow rescan", self.rules.roots)

@@ -99,6 +99,16 @@ class Watching:
         watch = observer.schedule(self._handler(True), root, recursive=recursive)
         self.watches[root] = (observer, watch)
 
+    def resync(self, root: str) -> None:
+        """Watch a folder afresh. watchdog keeps the watches of a folder moved out of the tree
+        (inotify follows the folder, not its name) under their old names, so events from it —
+        or from it moved back in under another name — would carry wrong paths; a new watch
+        group starts from what is on disk. The rescan finds whatever happened in between."""
+        if root in self.watches and self.inotify is not None and self.watches[root][0] is self.inotify:
+            self.unwatch(root)
+            self.watch(root)
+            self.rescan("re-watch", (root,))
+
     def unwatch(self, root: str) -> None:
         entry = self.watches.pop(root, None)
         if entry is not None:
