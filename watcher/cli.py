@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("paths", nargs="*", help="photos or folders (default: every failure)")
     status = command("status", cmd_status, "say whether the daemon runs, with its counters")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    worker = command("worker", cmd_worker, "run a render host: a Celery worker taking photos from the broker (workers.backend: celery)")
+    worker.add_argument("--name", help="this render host's name in logs and outcomes (default: the host name)")
     stop = command("stop", cmd_stop, "stop a running daemon (SIGTERM) and wait for it to exit")
     stop.add_argument("--pidfile", type=Path, help="pid file given to run --daemon")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
@@ -180,6 +182,16 @@ def _run_daemon(config: Config, pidfile: Path | None) -> int:
     except daemonize.AlreadyRunning as err:
         _error(str(err))
         return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from . import logsetup
+
+    logsetup.configure(config.log)
+    from .celery_backend import worker_main
+
+    return worker_main(config, args.name)
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

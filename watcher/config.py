@@ -26,6 +26,8 @@ COLORS = ("srgb", "keep")
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+BACKENDS = ("local", "celery")
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 TEMPLATE_FIELDS = ("size", "stem", "ext", "dir")
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 COLOR_HEX = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -147,6 +149,15 @@ class WorkersConfig:
     queue_size: int = 1000
     drain_timeout: float = 30.0
     max_retries: int = 2
+    backend: str = "local"
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    broker: str = "redis://127.0.0.1:6379/0"
+    queue: str = "thumbwatch"
+    visibility_timeout: float = 300.0  # s a render host may hold a photo before Redis hands it out again
+    batch: int = 8  # photos per task, at most (catch-up publishes full batches)
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,7 @@ class Config:
     state: StateConfig
     log: LogConfig
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    celery: CeleryConfig = field(default_factory=CeleryConfig)
 
     def effective(self) -> dict[str, Any]:
         """The config as plain YAML-able data, every default filled in."""
@@ -337,11 +349,11 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     state = _parse_state(top.section("state"), base_dir)
     log = _parse_log(top.section("log"), base_dir)
     metrics = _parse_metrics(top.section("metrics"))
+    celery = _parse_celery(top.section("celery"), limits)
     top.close()
     _check_output_outside_roots(top, watch, output)
     _check_under_system_unit(top, output, state)
-    _check_under_system_unit(top, output, state)
-    return Config(file, watch, output, workers, limits, state, log, metrics)
+    return Config(file, watch, output, workers, limits, state, log, metrics, celery)
 
 
 def _resolve(base_dir: Path, raw: str) -> Path:
@@ -488,6 +500,7 @@ def _parse_workers(s: _Section) -> WorkersConfig:
         queue_size=s.integer("queue_size", 1000, low=1, high=10_000_000),
         drain_timeout=s.number("drain_timeout", 30.0, low=0.0),
         max_retries=s.integer("max_retries", 2, low=0, high=100),
+        backend=s.choice("backend", "local", BACKENDS),
     )
     s.close()
     return workers
@@ -534,16 +547,23 @@ def _parse_metrics(s: _Section) -> MetricsConfig:
     return metrics
 
 
-def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:
-    """What cannot work under the shipped system units: they set THUMBWATCH_UNIT=system and
-    StateDirectory= (the only writable state folder under ProtectSystem=strict)."""
-    if os.environ.get("THUMBWATCH_UNIT") == "system" and output.style == "freedesktop":
-        raise top.error("output.style", "expected files under the system unit: freedesktop thumbnails belong in a desktop "
-                        "user's own cache, so run the user unit (systemd/user/thumbwatch.service, systemctl --user) for them",
-                        output.style)
-    granted = [Path(d) for d in os.environ.get("STATE_DIRECTORY", "").split(":") if d]
-    if granted and state.dir not in granted:
-        raise top.error("state.dir", f"expected the unit's StateDirectory= {granted[0]} (the only state folder it may write)", str(state.dir))
+def _parse_celery(s: _Section, limits: LimitsConfig) -> CeleryConfig:
+    broker = s.string("broker", CeleryConfig.broker)
+    if not broker.startswith(BROKER_SCHEMES):
+        raise s.error(s.key("broker"), "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://, unix://)", broker)
+    queue = s.string("queue", CeleryConfig.queue)
+    if not SIZE_NAME.match(queue):
+        raise s.error(s.key("queue"), "expected letters, digits, '.', '_' or '-'", queue)
+    celery = CeleryConfig(
+        broker=broker,
+        queue=queue,
+        visibility_timeout=s.number("visibility_timeout", CeleryConfig.visibility_timeout, low=1.0),
+        batch=s.integer("batch", CeleryConfig.batch, low=1, high=1000),
+    )
+    if celery.visibility_timeout < 2 * limits.photo_timeout:
+        raise s.error(s.key("visibility_timeout"), f"expected at least 2 x limits.photo_timeout = {2 * limits.photo_timeout:g} s (a photo held longer would run twice at once)", celery.visibility_timeout)
+    s.close()
+    return celery
 
 
 def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:
