@@ -38,9 +38,11 @@ STOP = Stop()
 
 @dataclass(frozen=True)
 class Hello:
-    """Warmed up and ready for photos."""
+    """Warmed up and ready for photos; `note` says what the worker could not set up as asked
+    (the master logs it once, not once per worker)."""
 
     pid: int
+    note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class LocalPool:
         self.workers: list[Worker] = []
         self.boot_failures = 0
         self.draining = False
+        self.notes: set[str] = set()  # said once, not by every worker
 
     # ---- start ---------------------------------------------------------------------------
 
@@ -169,9 +170,12 @@ class LocalPool:
 
     def _on_message(self, worker: Worker, message: Any) -> Outcome | None:
         match message:
-            case msg.Hello():
+            case msg.Hello(note=note):
                 worker.booted = True
                 self.boot_failures = 0
+                if note and note not in self.notes:
+                    self.notes.add(note)
+                    logger.warning("%s", note)
                 return None
             case msg.LogRecord(record=record):
                 logsetup.handle_forwarded(record)

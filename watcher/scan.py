@@ -10,6 +10,7 @@ feeds the job queue's scan lane, waiting for room when it is full.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_our_temp
+from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_our_temp, shown
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,14 @@ def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tupl
                         continue
         except (FileNotFoundError, NotADirectoryError):
             continue
-        except PermissionError as err:
-            logger.warning("cannot read folder %s: %s", folder, err.strerror)
+        except OSError as err:
+            logger.warning("cannot read folder %s: %s", shown(folder), _folder_reason(folder, err))
+
+
+def _folder_reason(folder: str, err: OSError) -> str:
+    if err.errno == errno.ENAMETOOLONG:
+        return f"path too long: {len(os.fsencode(folder))} bytes, the limit is {os.pathconf('/', 'PC_PATH_MAX') - 1}"
+    return err.strerror or str(err)
 
 
 def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]], follow: bool) -> bool:

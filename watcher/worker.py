@@ -37,11 +37,9 @@ def worker_main(conn: Connection, memory_limit_mb: int, draining: Any) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _forward_logs(conn)
     note = memory_cap(memory_limit_mb)
-    if note:
-        logger.warning("%s", note)
     keep_freed_memory()
     warm_up()
-    conn.send(msg.Hello(os.getpid()))
+    conn.send(msg.Hello(os.getpid(), note))
     settings = None
     while True:
         try:
