@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import REPO, corner_colour, is_blue, is_red, make_jpeg, wait_for
+from helpers import REPO, corner_colour, is_blue, is_red, make_jpeg, temp_files, wait_for
 from machine import Machine, MachineError, missing_tools, rootfs_tarball, wheelhouse
 
 pytestmark = pytest.mark.timeout(300)
@@ -81,6 +81,7 @@ def make_fixtures(folder: Path) -> None:
     make_jpeg(folder / "sideways.jpg", 400, 300, orientation=6)  # a phone photo taken upright
     make_jpeg(folder / "plain.jpg", 400, 300, orientation=1)
     make_jpeg(folder / "more.jpg", 300, 200, orientation=3)
+    make_jpeg(folder / "big.jpg", 4000, 3000, orientation=8)  # ~100 ms a render: a stop finds some in hand
     whole = (folder / "plain.jpg").read_bytes()
     (folder / "broken.jpg").write_bytes(whole[: len(whole) // 3])
     for path in [folder, *folder.iterdir()]:
@@ -211,14 +212,26 @@ def test_the_watchdog_stays_quiet_while_idle(machine):
 
 def test_stop_drains_and_exits_0_without_sigkill(machine):
     since = clock(machine)
+    # A burst of big photos, and the stop while they are being rendered.
+    machine.run("mkdir /srv/photos/burst && " + " && ".join(f"cp /opt/fixtures/big.jpg /srv/photos/burst/{i:02d}.jpg" for i in range(24)),
+                user="alice")
+    wait_for(lambda: any(machine.path(f"{PHOTOS}/thumbs/burst").glob("*.jpg")), timeout=30, interval=0.05,
+             message="the burst under way")
     machine.run("systemctl stop thumbwatch", timeout=60)
     props = show(machine, "thumbwatch", "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
     assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}, props
     lines = journal(machine, "thumbwatch", since=since)
-    assert any(line.startswith("stopped:") or " stopped:" in line for line in lines), lines
+    assert any("draining:" in line for line in lines) and any("stopped:" in line for line in lines), lines
     assert not [line for line in lines if "SIGKILL" in line or "Killing process" in line], lines
+    burst = machine.path(f"{PHOTOS}/thumbs/burst")
+    print(f"\n{next(line for line in lines if 'draining:' in line)}; {len(list(burst.glob('*.jpg')))} of 24 thumbnails made")
+    assert not temp_files(burst), temp_files(burst)
+    for thumb in burst.glob("*.jpg"):  # whatever was written is whole
+        assert_upright(thumb)
+    # The next start's catch-up makes the rest.
     machine.run("systemctl start thumbwatch")
     wait_active(machine)
+    wait_for(lambda: len(list(burst.glob("*.jpg"))) == 24, timeout=60, interval=0.3, message="all 24 after the restart")
 
 
 def test_kill_of_the_whole_service_is_restarted(machine):
