@@ -173,3 +173,12 @@ def test_no_two_photos_share_a_thumbnail(tmp_path, fmt, patterns, template):
         for target in r.targets(str(tmp_path / "photos/d" / name)):
             assert target.path not in owner, f"{name} and {owner.get(target.path)} share {target.path}"
             owner[target.path] = name
+
+
+def test_temp_names_carry_the_host_and_only_this_hosts_are_cleaned(tmp_path):
+    from watcher.paths import HOST, is_this_hosts_temp
+
+    ours = os.path.basename(temp_path_for(str(tmp_path / "a.jpg"), 77))
+    assert ours == f".tw-77-{HOST}~a.jpg.tmp" and is_this_hosts_temp(ours)
+    assert not is_this_hosts_temp(".tw-77-some-other-host~a.jpg.tmp"), "another render host's temp on shared storage"
+    assert is_this_hosts_temp(".tw-77-a.jpg.tmp"), "an older version's temp: it was a single host"

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import Config
@@ -128,7 +128,6 @@ class Admission:
         self.settling: dict[str, Settling] = {}
         self.in_flight: dict[str, Job] = {}
         self.block: OutputBlock | None = None
-        self.granularity = Granularity()
         self._ids = itertools.count(1)
 
     def reconfigure(self, config: Config, rules: PathRules) -> None:
@@ -168,15 +167,7 @@ class Admission:
         return RENDER
 
     def fresh(self, st: os.stat_result, targets: tuple[Target, ...]) -> bool:
-        for target in targets:
-            try:
-                thumb = os.stat(target.path)
-            except OSError:
-                return False
-            step = 1 if thumb.st_mtime_ns == st.st_mtime_ns else self.granularity.of(os.path.dirname(target.path), thumb.st_dev)
-            if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= step or thumb.st_ctime_ns + step <= st.st_ctime_ns:
-                return False
-        return True
+        return fresh(st, targets)
 
     # ---- what producers say -----------------------------------------------------------------
 
@@ -393,6 +384,25 @@ class Admission:
         if root and output.startswith(root + os.sep):
             return output[len(root) + 1 :]
         return output
+
+
+GRANULARITY = Granularity()
+
+
+def fresh(st: os.stat_result, targets: Sequence[Target]) -> bool:
+    """Do these thumbnails show the photo whose stat is `st`? The one freshness rule (see the
+    module's docstring), for the master and for render hosts alike."""
+    if not targets:
+        return False
+    for target in targets:
+        try:
+            thumb = os.stat(target.path)
+        except OSError:
+            return False
+        step = 1 if thumb.st_mtime_ns == st.st_mtime_ns else GRANULARITY.of(os.path.dirname(target.path), thumb.st_dev)
+        if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= step or thumb.st_ctime_ns + step <= st.st_ctime_ns:
+            return False
+    return True
 
 
 def remove_thumbnails(targets: tuple[Target, ...]) -> int:

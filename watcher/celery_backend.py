@@ -44,6 +44,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .config import Config, ConfigError, OutputConfig, SizeSpec
+from .admission import fresh
 from .executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
 from .paths import Target, shown
 from .render import RenderSettings
@@ -266,6 +267,10 @@ class CeleryExecutor:
     def in_flight(self) -> int:
         return len(self.pending) + sum(len(jobs) for jobs in self.waiting.values())
 
+    def in_hand(self) -> int:
+        """Published: in the broker or on a render host (which of the two, only the hosts know)."""
+        return sum(len(jobs) for jobs in self.waiting.values())
+
     def resize(self, count: int) -> None:
         logger.info("workers.count applies to render hosts at their next start (thumbwatch worker reads it there)")
 
@@ -447,8 +452,7 @@ class CeleryExecutor:
 
     def _fresh(self, job: Job) -> bool:
         try:
-            st = os.stat(job.path)
-            return bool(job.targets) and all(os.stat(t.path).st_mtime_ns == st.st_mtime_ns for t in job.targets)
+            return fresh(os.stat(job.path), job.targets)
         except OSError:
             return False
 
@@ -630,14 +634,12 @@ class RenderHost:
 
 
 def _fresh(path: str, size: int, mtime_ns: int, targets: list[Target]) -> bool:
-    """Every thumbnail carries this photo version's mtime: rendered already, by someone."""
+    """This photo version's thumbnails are up to date (admission's rule): rendered already, by someone."""
     try:
         st = os.stat(path)
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            return False
-        return bool(targets) and all(os.stat(t.path).st_mtime_ns == mtime_ns for t in targets)
     except OSError:
         return False
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns) and fresh(st, targets)
 
 
 def _message(result: Any) -> dict:

@@ -221,6 +221,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     else:
         cleared = store.clear()
     store.save(force=True)
+    if config.workers.backend == "celery":
+        from .celery_backend import forget
+
+        forget(config, [os.path.abspath(p) for p in args.paths] or None)  # their dedupe keys too
     pid = instance.running_pid(config.state.dir)
     if pid is not None:
         os.kill(pid, signal.SIGHUP)  # the daemon re-reads the records and rescans
@@ -256,8 +260,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  queue {status['queue']}, in flight {status['in_flight']}, settling {status['settling']}\n"
         f"  render ms p50 {status['render_ms_p50']}, p95 {status['render_ms_p95']}"
         + (f"\n  OUTPUT BLOCKED: {status['output_blocked']}" if status.get("output_blocked") else "")
+        + _render_hosts(status)
     )
     return 0
+
+
+def _render_hosts(status: dict) -> str:
+    """The Celery backend's render hosts seen in the last hour, with how long ago."""
+    hosts = status.get("render_hosts")
+    if not isinstance(hosts, dict):
+        return ""
+    seen = ", ".join(f"{host} ({ago:.0f} s ago)" for host, ago in hosts.items() if isinstance(ago, (int, float))) or "none yet"
+    return f"\n  render hosts: {seen}" + ("" if status.get("broker_up", True) else "  BROKER UNREACHABLE")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 from . import freedesktop
@@ -17,7 +18,7 @@ from .config import Config, SizeSpec
 
 # Names that editors, browsers, rsync and uploaders use while a file is still being written.
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".download", "~")
-TEMP_PREFIX = ".tw-"  # our own temp outputs: .tw-<pid>-<name>.tmp
+TEMP_PREFIX = ".tw-"  # our own temp outputs: .tw-<pid>-<host>~<name>.tmp
 FORMAT_EXT = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
 # The photo extensions a format keeps as they are: a JPEG photo with JPEG output keeps its name.
@@ -222,15 +223,21 @@ class FolderRules:
 NAME_MAX = 255  # bytes in one file name, on every Linux file system we write to
 
 
+# This host, as temp names carry it: render hosts on shared storage write beside each other.
+HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:32] or "host"
+_TEMP_HOST = re.compile(r"^" + re.escape(TEMP_PREFIX) + r"\d+-([A-Za-z0-9.-]{1,32})~")
+
+
 def temp_path_for(final: str, pid: int | None = None) -> str:
     """A temp name beside the final path: same folder (so rename is atomic), hidden, ours, and
-    naming the writing process, so the master can remove what a killed worker left behind.
+    naming the writing process and host (.tw-<pid>-<host>~<name>.tmp), so the master can remove
+    what a killed worker left behind, and a start-up cleans only its own host's leftovers.
 
     Never longer than NAME_MAX bytes: for a long name the middle is replaced by a hash of the
     whole name, keeping its start and its extension, so a name the file system can hold always
     gets a temp name it can hold too (and the same one every time, for the same pid)."""
     folder, name = os.path.split(final)
-    head = f"{TEMP_PREFIX}{pid or os.getpid()}-"
+    head = f"{TEMP_PREFIX}{pid or os.getpid()}-{HOST}~"
     temp = f"{head}{name}.tmp"
     if len(os.fsencode(temp)) <= NAME_MAX:
         return os.path.join(folder, temp)
@@ -254,6 +261,15 @@ def _cut(text: str, limit: int) -> str:
 
 def is_our_temp(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(".tmp")
+
+
+def is_this_hosts_temp(name: str) -> bool:
+    """A temp output written on this host (render hosts sharing storage clean only their own),
+    or by a version that did not name the host (a single host, then)."""
+    if not is_our_temp(name):
+        return False
+    match = _TEMP_HOST.match(name)
+    return match is None or match.group(1) == HOST
 
 
 def shown(path: str) -> str:

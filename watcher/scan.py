@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_our_temp, shown
+from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_this_hosts_temp, shown
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,13 @@ def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]
 
 
 def remove_stale_temps(rules: PathRules) -> int:
-    """Temp outputs left by a crashed or killed run: ours by name, safe to delete at start."""
+    """Temp outputs left by a crashed or killed run on this host: ours by name, safe to delete
+    at start (other render hosts' temps on shared storage are theirs)."""
     removed = 0
     for top in rules.temp_dirs():
         for folder, _dirs, files in os.walk(top):
             for name in files:
-                if is_our_temp(name):
+                if is_this_hosts_temp(name):
                     try:
                         os.unlink(os.path.join(folder, name))
                         removed += 1

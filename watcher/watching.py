@@ -82,7 +82,11 @@ class Watching:
             return
         self.missing.discard(root)
         recursive = self.config.watch.recursive
-        if self.inotify is not None:
+        network = network_fs(root) if self.config.watch.observer == "auto" else None
+        if network and root not in self.watches:
+            logger.info("%s is on a network file system (%s): polling it every %g s, since inotify cannot see what "
+                        "other machines write there", shown(root), network, self.config.watch.poll_interval)
+        if self.inotify is not None and not network:
             try:
                 watch = self.inotify.schedule(self._handler(False), root, recursive=recursive, event_filter=list(INOTIFY_EVENTS))
                 self.watches[root] = (self.inotify, watch)
@@ -265,6 +269,29 @@ def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[
 
 
 TESTED_WATCHDOG = "7.1"
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre", "gpfs", "beegfs",
+              "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone")
+
+
+def network_fs(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the network file system holding `path`, or None for a local one (the mount
+    whose mount point is the longest prefix of the path's real location)."""
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _sep, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                point = fields[4].replace("\\040", " ")
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, fstype = point, right.split()[0]
+    except OSError:
+        return None
+    return fstype if fstype in NETWORK_FS else None
 
 
 def _watchdog_version() -> str:

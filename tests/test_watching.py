@@ -1,0 +1,30 @@
+"""How the observers choose: network mounts are polled (inotify can't see other machines' writes)."""
+
+from __future__ import annotations
+
+from watcher.watching import network_fs
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/vda1 rw
+36 22 0:51 / /mnt/nas rw,noatime - nfs4 nas:/export rw,vers=4.2
+37 22 0:52 / /mnt/nas/local rw - ext4 /dev/vdb1 rw
+38 22 0:53 / /mnt/share\\040name rw - cifs //server/photos rw
+39 22 0:54 / /mnt/cephfs rw - ceph 10.0.0.1:/ rw
+40 22 0:55 / /mnt/fusefs rw - fuse.sshfs host:/ rw
+"""
+
+
+def test_network_file_systems_are_found_by_the_longest_mount_point(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert network_fs("/mnt/nas/photos", str(info)) == "nfs4"
+    assert network_fs("/mnt/nas/local/photos", str(info)) is None, "a local disk mounted below a network one"
+    assert network_fs("/mnt/share name/2024", str(info)) == "cifs"
+    assert network_fs("/mnt/cephfs", str(info)) == "ceph"
+    assert network_fs("/mnt/fusefs/x", str(info)) == "fuse.sshfs"
+    assert network_fs("/mnt/nasty", str(info)) is None, "a prefix of the name is not a mount point"
+    assert network_fs("/srv/photos", str(info)) is None
+
+
+def test_this_machines_own_folders_are_local(tmp_path):
+    assert network_fs(str(tmp_path)) is None
