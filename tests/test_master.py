@@ -395,3 +395,18 @@ def test_photos_cleared_by_retry_go_to_the_live_lane_at_reload(master):
     master.config.source.write_text("watch: {paths: [photos]}\nstate: {dir: state}\n")
     master.reload()
     assert len(master.failures) == 0 and master.admission.queue.lane_of(a) == LIVE
+
+
+def test_a_photo_seen_again_while_in_flight_is_rendered_once_at_a_time_then_looked_at_again(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    assert taken(master) == [a]
+    master.admission.arrived(a)  # rewritten while it was rendered
+    step(master)
+    assert taken(master) == [a], "never two renders of one photo at once"
+    assert master.admission.where(a) == "in-flight"
+    master.executor.finish(a)
+    os.utime(a, ns=(1, 1))  # what the rewrite left: the thumbnail just written is stale
+    step(master)
+    assert taken(master) == [a], "looked at again once the first render was in"

@@ -7,7 +7,8 @@ place at a time, and `where(path)` says which:
   queued     waiting in the job queue (live lane or scan lane; jobs.py)
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still
-  in-flight  with the executor
+  in-flight  with the executor (and, when an event came for it meanwhile, looked at again
+             once its outcome is in: one render of a photo at a time)
 
 `verdict()` is the one freshness rule: a thumbnail is up to date when it carries the photo's
 mtime (at the precision of the file system holding it) and was written after the photo last
@@ -127,6 +128,7 @@ class Admission:
         self.held: deque[Job] = deque()
         self.settling: dict[str, Settling] = {}
         self.in_flight: dict[str, Job] = {}
+        self.again: set[str] = set()  # in flight, and seen again meanwhile
         self.block: OutputBlock | None = None
         self._ids = itertools.count(1)
 
@@ -230,6 +232,9 @@ class Admission:
                 path = self.queue.pop()
                 if path is None:
                     return None
+                if path in self.in_flight:
+                    self.again.add(path)  # one render of a photo at a time: this one after it
+                    continue
                 job = self._admit(path)
                 if job is None:
                     continue
@@ -272,6 +277,9 @@ class Admission:
         job = outcome.job
         if self.in_flight.get(job.path) is job:
             del self.in_flight[job.path]
+            if job.path in self.again:
+                self.again.discard(job.path)
+                self.queue.offer(job.path)  # seen again while it was rendered: look once more
         if self.block is not None and not isinstance(outcome, (OutputBlocked, Returned, Lost)):
             self._output_ok()
         match outcome:
