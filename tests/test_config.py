@@ -73,6 +73,7 @@ log:
         ("watch: {paths: [photos]}\noutput: {sizes: [{width: 5, height: 5}]}", "output.sizes[0].name", "name"),
         ("watch: {paths: [photos]}\noutput: {sizes: [{name: a, width: 5, height: 5}, {name: a, width: 9, height: 9}]}", "output.sizes", "used twice"),
         ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, width: 5, height: 5, template: '../{stem}'}]}", "output.sizes[0].template", "without '..'"),
+        ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, width: 5, height: 5, template: '{stem}.thumb'}]}", "output.sizes[0].template", "never share a thumbnail"),
         ("watch: {paths: [photos]}\noutput: {sizes: [{name: s, mode: fill, width: 5}]}", "output.sizes[0].height", "fill needs"),
         ("watch: {paths: [photos]}\noutput: {dir: ../elsewhere}", "output.dir", "no '..'"),
         ("watch: {paths: [nowhere]}", "watch.paths", "does not exist"),

@@ -485,6 +485,8 @@ def _check_template(s: _Section, template: str) -> None:
         raise s.error(s.key("template"), "expected only the placeholders {" + "}, {".join(TEMPLATE_FIELDS) + "}", template) from None
     if os.path.isabs(sample) or ".." in Path(sample).parts or "{stem}" not in template:
         raise s.error(s.key("template"), "expected a relative name containing {stem}, without '..'", template)
+    if "{ext}" not in template:
+        raise s.error(s.key("template"), "expected {ext} in it too, so that x.jpg and x.jpeg never share a thumbnail", template)
 
 
 def _parse_workers(s: _Section) -> WorkersConfig:
