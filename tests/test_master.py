@@ -410,3 +410,17 @@ def test_a_photo_seen_again_while_in_flight_is_rendered_once_at_a_time_then_look
     os.utime(a, ns=(1, 1))  # what the rewrite left: the thumbnail just written is stale
     step(master)
     assert taken(master) == [a], "looked at again once the first render was in"
+
+
+def test_a_config_error_found_only_on_starting_exits_78_without_a_traceback(master, caplog):
+    from watcher.config import EX_CONFIG, ConfigError
+
+    def start():
+        raise ConfigError("metrics.port: expected a free port, 9101 is taken")
+
+    master.start = start
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        assert master.run() == EX_CONFIG
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["config error: metrics.port: expected a free port, 9101 is taken"]
+    assert not any(r.exc_info for r in errors)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import __version__, config as config_mod, logsetup
 from .admission import Admission, Stats
-from .config import Config, ConfigError
+from .config import EX_CONFIG, Config, ConfigError
 from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
@@ -156,6 +156,10 @@ class Service:
         except ExecutorBroken as err:
             logger.critical("cannot run workers: %s; giving up", err)
             self.exit_code = 3
+        except ConfigError as err:
+            # found only on starting (a metrics port taken, say): as final as a bad config file
+            logger.error("config error: %s", err)
+            self.exit_code = EX_CONFIG
         except Exception:
             logger.exception("bug in the main loop (please report it); draining and stopping")
             self.exit_code = 1
