@@ -49,7 +49,7 @@ def test_copied_in_photos_get_upright_thumbnails_once(project, start_daemon, tmp
         assert len(ok_lines(daemon, f"o{orientation}.jpg")) == 1, daemon.text()
     assert daemon.matching(r"thumbwatch \S+ starting: folders=\S+ workers=2 sizes=\[small:64x64")
     if os.geteuid() == 0:
-        assert daemon.matching(r"WARNING running as root: .*DynamicUser=yes"), "no warning when run as root"
+        assert daemon.matching(r"WARNING running as root: run unprivileged .*User=thumbwatch"), "no warning when run as root"
 
 
 def test_portrait_photo_stays_portrait(project, start_daemon):

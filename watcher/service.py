@@ -120,7 +120,7 @@ class Service:
             __version__, ",".join(str(p) for p in cfg.watch.paths), cfg.workers.count, sizes, cfg.watch.observer, cfg.state.dir, os.getpid(),
         )
         if os.geteuid() == 0:
-            logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
+            logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
         self.failures.load()
         for root in cfg.watch.paths:
