@@ -81,7 +81,7 @@ class Workers:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp_path)
         log.close()
         self.procs[name] = proc
-        wait_for(lambda: b" ready." in self.log(name) or proc.poll() is not None, timeout=30, message=f"worker {name} ready")
+        wait_for(lambda: b"INFO ready: render host" in self.log(name) or proc.poll() is not None, timeout=30, message=f"worker {name} ready")
         assert proc.poll() is None, self.log(name).decode()
         return proc
 

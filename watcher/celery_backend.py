@@ -64,6 +64,7 @@ TASK = "thumbwatch.render"
 STREAM_MAXLEN = 100_000  # outcomes kept in the stream; the master reads them within seconds
 AUDIT_EVERY = 10.0  # s between the master's checks that its queued photos are still in Redis
 BACKOFF_MAX = 10.0
+FLUSH_TASKS = 32  # a catch-up publishes this many full tasks per round trip of claims
 
 
 # ---- shared by both sides ---------------------------------------------------------------------
@@ -124,6 +125,8 @@ def make_app(config: Config) -> "celery.Celery":
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
+        # the broker lost: photos in hand finish, and their outcomes wait for it (RenderHost._retrying)
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             "visibility_timeout": c.visibility_timeout,
             # sweep for a dead host's photos every ~2 s instead of kombu's ~100 s
@@ -206,7 +209,11 @@ class CeleryExecutor:
         self.run_id: str | None = None
         self.draining = False
         self.next_audit = 0.0
+        self.suspects: tuple[set[str], tuple[int, int]] | None = None  # job keys found missing, stream id then
+        self.read = (0, 0)  # the newest outcome the listener has queued (stream id)
         self._settings: tuple[Any, dict] | None = None
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # the value of our job keys
+        self.token_bytes = self.token.encode()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -225,6 +232,8 @@ class CeleryExecutor:
             last = "$"
         if isinstance(last, bytes):
             last = last.decode()
+        if last != "$":
+            self.read = _stream_id(last)
         logger.info("render hosts take photos from %s queue=%s", redacted(self.config.celery.broker), self.config.celery.queue)
         self._listener = threading.Thread(target=self._listen, args=(last,), name="thumbwatch-outcomes", daemon=True)
         self._listener.start()
@@ -236,10 +245,9 @@ class CeleryExecutor:
 
     def submit(self, job: Job, settings: Any) -> None:
         if self._settings is None or self._settings[0] is not settings:
-            self.flush()  # a batch carries one set of render settings
             self._settings = (settings, settings_wire(settings))
         self.pending.append((job, self._settings[1]))
-        if len(self.pending) >= self.batch_max:
+        if len(self.pending) >= self.batch_max * FLUSH_TASKS:
             self.flush()
 
     def waitables(self) -> list[Any]:
@@ -253,11 +261,13 @@ class CeleryExecutor:
         except BlockingIOError:
             pass
         outcomes, self.ready = self.ready, []
+        read = self.read  # the listener queues outcomes before it moves this on
         while self.inbox:
             outcomes.extend(self._on_message(self.inbox.popleft()))
         if self.broker_up and now >= self.next_audit:
             self.next_audit = now + AUDIT_EVERY
             self._audit()
+        self._republish_lost(read)
         self.flush()
         return outcomes
 
@@ -324,29 +334,72 @@ class CeleryExecutor:
     # -- publishing
 
     def flush(self) -> None:
-        """Publish the pending photos in batches of celery.batch, while the broker takes them."""
-        while self.pending and self.broker_up and not self.draining:
-            batch, self.pending = self.pending[: self.batch_max], self.pending[self.batch_max :]
-            try:
-                self._publish(batch)
-            except (redis.RedisError, OSError, OperationalError) as err:
-                self.pending[:0] = batch
-                self._broker_down(err)
+        """Publish the pending photos, while the broker takes them: one round trip claims every
+        photo's job key (SET NX), then one message per task of up to celery.batch photos."""
+        room = self.task_limit - len(self.task_keys)  # never more than workers.queue_size tasks outstanding
+        if not self.pending or not self.broker_up or self.draining or room <= 0:
+            return
+        pending, self.pending = self.pending[: room * self.batch_max], self.pending[room * self.batch_max :]
+        try:
+            mine = self._claim(pending)
+        except (redis.RedisError, OSError) as err:
+            self.pending[:0] = pending
+            self._broker_down(err)
+            return
+        tasks: list[list[tuple[Job, Any, str]]] = []
+        for job, wire, key in mine:  # a task carries one set of render settings
+            if not tasks or len(tasks[-1]) >= self.batch_max or tasks[-1][0][1] is not wire:
+                tasks.append([])
+            tasks[-1].append((job, wire, key))
+        tasks, over = tasks[:room], tasks[room:]  # a change of settings split a task
+        for task in over:
+            self._unsend(task)
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for sent, task in enumerate(tasks):
+                    self._send(task, producer)
+        except (redis.RedisError, OSError, OperationalError) as err:
+            # the keys of what was not sent stay claimed with our token: the next flush re-sends
+            for task in tasks[sent:]:
+                self._unsend(task)
+            self._broker_down(err)
 
-    def _publish(self, batch: list[tuple[Job, Any]]) -> None:
-        task_id = uuid.uuid4().hex
+    def _unsend(self, task: list[tuple[Job, Any, str]]) -> None:
+        """Claimed, not sent: back to pending, with whatever joined them."""
+        for _job, wire, key in task:
+            self.pending.extend((job, wire) for job in self.waiting.pop(key, ()))
+
+    def _claim(self, pending: list[tuple[Job, Any]]) -> list[tuple[Job, Any, str]]:
+        """Join every photo already queued (by us or another watcher); return the ones to send.
+        A key already holding our own token is a claim whose message never left (the broker
+        went away in between): ours to send."""
+        keys = [photo_key(job.path, job.size, job.mtime_ns, job.ino) for job, _ in pending]
         pipe = self.redis.pipeline(transaction=False)
-        keys = [photo_key(job.path, job.size, job.mtime_ns, job.ino) for job, _ in batch]
         for key in keys:
-            pipe.set(self.keys.job(key), task_id, nx=True, ex=self.ttl)
+            pipe.set(self.keys.job(key), self.token, nx=True, ex=self.ttl)
         claimed = pipe.execute()
-        photos, sizes, index = [], [], {}
-        for (job, _), key, ours in zip(batch, keys, claimed):
-            already = key in self.waiting
+        taken = [key for key, ours in zip(keys, claimed) if not ours and key not in self.waiting]
+        holders: dict[str, bytes | None] = {}
+        if taken:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in taken:
+                pipe.get(self.keys.job(key))
+            holders = dict(zip(taken, pipe.execute()))
+        mine = []
+        for (job, wire), key, ours in zip(pending, keys, claimed):
+            joined = key in self.waiting or not (ours or holders.get(key) == self.token_bytes)
             self.waiting.setdefault(key, []).append(job)
-            if not ours or already:
+            if joined:
                 logger.debug("already queued (by us or another watcher): %s", shown(job.path))
-                continue
+            else:
+                mine.append((job, wire, key))
+        return mine
+
+    def _send(self, task: list[tuple[Job, Any, str]], producer: Any) -> None:
+        task_id = uuid.uuid4().hex
+        photos, sizes, index = [], [], {}
+        for job, _wire, key in task:
             targets = []
             for target in job.targets:
                 if target.size not in index:
@@ -354,26 +407,21 @@ class CeleryExecutor:
                     sizes.append(asdict(target.size))
                 targets.append((target.path, index[target.size]))
             photos.append((key, job.path, job.size, job.mtime_ns, job.ino, targets))
-        if not photos:
-            return
         limit = self.config.limits.photo_timeout
-        try:
-            self.app.send_task(
-                TASK, args=(photos, batch[0][1], sizes), task_id=task_id, queue=self.config.celery.queue, retry=False,
-                time_limit=limit * (len(photos) + 1) + 10 if limit else None,
-            )
-        except BaseException:
-            for key, *_ in photos:
-                self.waiting.pop(key, None)
-            self.redis.delete(*[self.keys.job(p[0]) for p in photos])
-            raise
+        self.app.send_task(
+            TASK, args=(photos, task[0][1], sizes), task_id=task_id, queue=self.config.celery.queue, retry=False,
+            time_limit=limit * (len(photos) + 1) + 10 if limit else None, producer=producer,
+            argsrepr=f"{len(photos)} photo(s)", kwargsrepr="",  # Celery's default repr of the args costs more than the send
+        )
         self.task_keys[task_id] = {p[0] for p in photos}
         for p in photos:
             self.key_task[p[0]] = task_id
 
     def _audit(self) -> None:
-        """Photos we wait for whose job key vanished without an outcome (Redis restarted without
-        its data, `thumbwatch retry`, a key expired): publish them again."""
+        """Photos we wait for whose job key vanished (Redis restarted without its data, `thumbwatch
+        retry`, a key expired). A render host adds its outcome to the stream before it deletes
+        the key, so a key is missing for want of an outcome only once the listener has read the
+        stream as far as it reached at the check: until then they are suspects."""
         keys = list(self.waiting)
         if not keys:
             return
@@ -381,11 +429,22 @@ class CeleryExecutor:
             pipe = self.redis.pipeline(transaction=False)
             for key in keys:
                 pipe.exists(self.keys.job(key))
-            present = pipe.execute()
+            pipe.xrevrange(self.keys.outcomes, count=1)
+            *present, newest = pipe.execute()
         except (redis.RedisError, OSError) as err:
             self._broker_down(err)
             return
-        lost = [key for key, there in zip(keys, present) if not there]
+        missing = {key for key, there in zip(keys, present) if not there}
+        if missing:
+            self.suspects = (missing, _stream_id(newest[0][0]) if newest else (0, 0))
+
+    def _republish_lost(self, read: tuple[int, int]) -> None:
+        """The suspects whose outcome is still missing once the stream has been read past the
+        check: lost with the broker's data; publish them again."""
+        if self.suspects is None or read < self.suspects[1]:
+            return
+        lost = [key for key in self.suspects[0] if key in self.waiting]
+        self.suspects = None
         if not lost:
             return
         logger.warning("%d queued photo(s) are no longer in the broker (restarted without its data?); publishing them again", len(lost))
@@ -500,6 +559,7 @@ class CeleryExecutor:
                         self.inbox.append(("outcome", json.loads(fields[b"m"])))
                     except (KeyError, ValueError):
                         logger.warning("ignored a malformed outcome %r", fields)
+                self.read = _stream_id(last)
                 self._wake()
         client.close()
 
@@ -512,6 +572,11 @@ class CeleryExecutor:
             os.write(self._wake_w, b"!")
         except (BlockingIOError, OSError):
             pass
+
+
+def _stream_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def forget(config: Config, paths: list[str] | None) -> int:
@@ -542,7 +607,7 @@ class RenderHost:
         self.limit = config.limits.photo_timeout
         self._settings: dict[str, RenderSettings] = {}
         self._lock = threading.Lock()
-        self._armed: tuple[float, str, str] | None = None  # deadline, key, task id
+        self._armed: tuple[float, str, str, str] | None = None  # deadline, key, task id, path
         self._tick = threading.Event()
         if self.limit:
             threading.Thread(target=self._watch, name="thumbwatch-deadline", daemon=True).start()
@@ -573,29 +638,28 @@ class RenderHost:
             died = starts - 1
             if died > self.max_retries:
                 how = how.decode() if how else "lost"
-                self.report(task_id, key, {"k": "failed", "r": f"worker died on it {died} times ({how})"})
+                self.report(task_id, key, path, {"k": "failed", "r": f"worker died on it {died} times ({how})"})
                 continue
             if _fresh(path, size, mtime_ns, targets):
-                self.report(task_id, key, {"k": "ok", "ms": 0.0, "o": [t.path for t in targets], "again": 1})
+                self.report(task_id, key, path, {"k": "ok", "ms": 0.0, "o": [t.path for t in targets], "again": 1})
                 continue
             with self._lock:
-                self._armed = (time.monotonic() + self.limit, key, task_id)
+                self._armed = (time.monotonic() + self.limit, key, task_id, path)
             self._tick.set()
             try:
                 result = run_job(0, path, targets, settings)
             finally:
                 with self._lock:
                     self._armed = None
-            self.report(task_id, key, _message(result))
+            self.report(task_id, key, path, _message(result))
 
-    def report(self, task_id: str, key: str, m: dict) -> None:
+    def report(self, task_id: str, key: str, path: str, m: dict) -> None:
         m.update(key=key, h=self.name, pid=os.getpid())
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.keys.outcomes, {"m": json.dumps(m)}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.delete(self.keys.job(key), self.keys.tries(key), self.keys.in_hand(task_id))
         self._retrying(pipe.execute)
-        if m["k"] == "ok":
-            logger.debug("ok %s in %.0f ms", shown(key), m.get("ms", 0))
+        _log_outcome(path, m)
 
     def _retrying(self, call: Any) -> Any:
         """The broker restarting must not lose an outcome: retry with back-off for a while."""
@@ -620,7 +684,7 @@ class RenderHost:
                 self._tick.wait(1.0)
                 self._tick.clear()
                 continue
-            deadline, key, task_id = armed
+            deadline, key, task_id, path = armed
             if time.monotonic() < deadline:
                 time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
                 continue
@@ -628,9 +692,27 @@ class RenderHost:
                 if self._armed != armed:
                     continue
             try:
-                self.report(task_id, key, {"k": "timeout", "r": f"timed out after {self.limit:g} s", "limit": self.limit})
+                self.report(task_id, key, path, {"k": "timeout", "r": f"timed out after {self.limit:g} s", "limit": self.limit})
             finally:
                 os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log_outcome(path: str, m: dict) -> None:
+    """The render host's own log: one line per photo, worded as the master words it."""
+    match m["k"]:
+        case "ok" if m.get("again"):
+            logger.info("fresh already (another host rendered it): %s", shown(path))
+        case "ok":
+            outputs = ", ".join(os.path.relpath(out, os.path.dirname(path)) for out in m.get("o", ()))
+            logger.info("ok %s -> %s in %.0f ms", shown(path), shown(outputs), m.get("ms", 0))
+        case "vanished":
+            logger.debug("vanished or changed while rendering: %s (%s)", shown(path), m.get("r"))
+        case "bug":
+            logger.error("bug while rendering %s (please report it):\n%s", shown(path), str(m.get("r", "")).rstrip())
+        case "output":
+            logger.warning("cannot write the thumbnails of %s: %s", shown(path), m.get("r"))
+        case _:
+            logger.warning("failed %s: %s", shown(path), m.get("r"))
 
 
 def _fresh(path: str, size: int, mtime_ns: int, targets: list[Target]) -> bool:
@@ -741,14 +823,77 @@ def worker_app(config: Config, name: str) -> "celery.Celery":
     return app
 
 
+# Celery's loggers that speak per task ("Task ... received", "... succeeded in 0.04 s: None")
+# or repeat what our own lines say; their warnings and errors still show.
+CELERY_CHATTER = ("celery.worker.strategy", "celery.app.trace", "celery.apps.worker", "celery.worker.consumer.mingle",
+                  "celery.bootsteps", "kombu")
+CONSUMER_LOGGER = "celery.worker.consumer.consumer"
+
+
+class BrokerOutage(logging.Filter):
+    """Celery's consumer says "Cannot connect to ...\nTrying again in 4.00 seconds... (2/100)"
+    at every retry: keep the first, on one line, and say nothing more until it connects again
+    ("Connected to ..."). Any other record passes untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == CONSUMER_LOGGER and str(record.msg).startswith("consumer: Cannot connect"):
+            if self.down:
+                return False
+            self.down = True
+            record.msg, record.args = " ".join(record.getMessage().split()) + " (said once until it connects again)", ()
+        elif record.name == "celery.worker.consumer.connection" and str(record.msg).startswith("Connected to"):
+            self.down = False
+        return True
+
+
+def quiet_celery(app: "celery.Celery", name: str, config: Config) -> None:
+    """Make `thumbwatch worker`'s log read like ours: logsetup's format, one line per photo and
+    per state change; no banner, no line per task. Errors and warnings keep their place, and so
+    does Celery's "worker: Warm shutdown (MainProcess)" (said from its signal handler, where
+    we must not log)."""
+
+    @celery.signals.setup_logging.connect(weak=False)
+    def keep_our_logging(**_kwargs: Any) -> None:
+        """A receiver here tells Celery to leave logging alone (in the pool processes too)."""
+
+    for logger_name in CELERY_CHATTER:
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
+    outage = BrokerOutage()
+    consumer = logging.getLogger(CONSUMER_LOGGER)
+    consumer.setLevel(logging.WARNING)  # its INFO is QoS detail ("Skipping prefetch count reduction ...")
+    consumer.addFilter(outage)
+    logging.getLogger("celery.worker.consumer.connection").addFilter(outage)
+
+    @celery.signals.worker_ready.connect(weak=False)
+    def ready(**_kwargs: Any) -> None:
+        logger.info("ready: render host %s, %d process(es), broker %s queue=%s",
+                    name, config.workers.count, redacted(config.celery.broker), config.celery.queue)
+
+    import warnings
+
+    # Celery's multi-line root warning; ours is one line, as the master's
+    warnings.filterwarnings("ignore", category=celery.exceptions.SecurityWarning)
+    # the notice that Celery 6 will change worker_cancel_long_running_tasks_on_connection_loss's
+    # default, ten lines at every connection loss: make_app sets it, so the notice says nothing.
+    # (A warnings filter would not hold: Celery's logging setup puts "always" in front of it.)
+    logging.getLogger("py.warnings").addFilter(lambda record: "worker_cancel_long_running_tasks_on_connection_loss" not in record.getMessage())
+    if os.geteuid() == 0:
+        logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
+
+
 def worker_main(config: Config, name: str | None = None) -> int:
     """`thumbwatch worker`: a Celery worker with workers.count render processes."""
     name = name or socket.gethostname()
     app = worker_app(config, name)
-    logger.info("render host %s: %d process(es) taking photos from %s queue=%s",
+    quiet_celery(app, name, config)
+    logger.info("render host %s starting: %d process(es) taking photos from %s queue=%s",
                 name, config.workers.count, redacted(config.celery.broker), config.celery.queue)
     argv = [
-        "worker", "--pool=prefork", f"--concurrency={config.workers.count}", f"--queues={config.celery.queue}",
+        "--quiet", "worker", "--pool=prefork", f"--concurrency={config.workers.count}", f"--queues={config.celery.queue}",
         f"--hostname=thumbwatch-{os.getpid()}@{name}", "--without-gossip", "--without-mingle", "--prefetch-multiplier=1",
         f"--loglevel={config.log.level.upper()}",
     ]
@@ -756,6 +901,5 @@ def worker_main(config: Config, name: str | None = None) -> int:
         app.worker_main(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    logger.info("render host %s stopped", name)
     return 0
-
-

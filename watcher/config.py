@@ -157,7 +157,7 @@ class CeleryConfig:
     broker: str = "redis://127.0.0.1:6379/0"
     queue: str = "thumbwatch"
     visibility_timeout: float = 300.0  # s a render host may hold a photo before Redis hands it out again
-    batch: int = 8  # photos per task, at most (catch-up publishes full batches)
+    batch: int = 16  # photos per task, at most (catch-up publishes full batches); 8 misses 6,000/s under load
 
 
 @dataclass(frozen=True)
