@@ -183,10 +183,11 @@ def _exif_app1(orientation: int, thumbnail: bytes | None) -> bytes:
     return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
 
 
-def _mpf_app2(main_size: int, preview_size: int, preview_offset: int) -> bytes:
-    """APP2 MPF with two MP entries: the primary image and one large-thumbnail preview."""
+def _mpf_app2(main_size: int, preview_size: int, preview_offset: int, mp_type: int = 0x010001) -> bytes:
+    """APP2 MPF with two MP entries: the primary image and a second one, by default a
+    large-thumbnail preview (MP Type 0x010001; 0x020002 is a stereo pair's second view)."""
     entries = (struct.pack("<IIIHH", 0x20030000, main_size, 0, 0, 0)
-               + struct.pack("<IIIHH", 0x00010001, preview_size, preview_offset, 0, 0))
+               + struct.pack("<IIIHH", mp_type, preview_size, preview_offset, 0, 0))
     ifd, extra = _ifd([(0xB000, 7, 4, b"0100"), (0xB001, 4, 1, struct.pack("<I", 2)), (0xB002, 7, 32, entries)], 8, 0)
     body = b"MPF\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd + extra
     return b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body
@@ -194,11 +195,12 @@ def _mpf_app2(main_size: int, preview_size: int, preview_offset: int) -> bytes:
 
 def jpeg_with_previews(path: str | os.PathLike[str], main: Image.Image, *, orientation: int = 1,
                        exif_thumbnail: Image.Image | bytes | None = None, mpf_preview: Image.Image | bytes | None = None,
-                       quality: int = 90, subsampling: str = "4:2:0") -> Path:
+                       quality: int = 90, subsampling: str = "4:2:0", mp_type: int = 0x010001) -> Path:
     """A JPEG as cameras write them: EXIF (orientation, optionally a thumbnail in IFD1) and,
     optionally, an MPF index with one preview image stored after the main image's EOI.
 
-    Previews are given as images (encoded here at q90) or as raw bytes (to plant broken ones).
+    Previews are given as images (encoded here at q90) or as raw bytes (to plant broken ones);
+    `mp_type` is the MPF entry's MP Type code for the second image.
     """
     path = Path(path)
     thumb = jpeg_bytes(exif_thumbnail) if isinstance(exif_thumbnail, Image.Image) else exif_thumbnail
@@ -211,6 +213,6 @@ def jpeg_with_previews(path: str | os.PathLike[str], main: Image.Image, *, orien
     app2_len = len(_mpf_app2(0, 0, 0))
     main_size = 2 + len(app1) + app2_len + len(body)
     mpf_header_at = 2 + len(app1) + 4 + 4  # marker, length, "MPF\0": the TIFF header starts here
-    app2 = _mpf_app2(main_size, len(preview), main_size - mpf_header_at)
+    app2 = _mpf_app2(main_size, len(preview), main_size - mpf_header_at, mp_type)
     path.write_bytes(b"\xff\xd8" + app1 + app2 + body + preview)
     return path

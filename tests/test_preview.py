@@ -143,6 +143,19 @@ def test_unfit_previews_fall_back_to_the_full_image(tmp_path, picture, case):
     assert mad(quick, full) == 0  # the very same render: the photo itself
 
 
+@pytest.mark.parametrize("mp_type", [0x020002, 0x000000], ids=["stereo second view", "undeclared (a gain map)"])
+def test_mpf_images_that_are_not_previews_are_never_used(tmp_path, picture, mp_type):
+    """An MPO's second view of a stereo pair is another picture, and phones store HDR gain maps
+    as MPF images of no declared type: only MP Type 'large thumbnail' entries are previews."""
+    src = jpeg_with_previews(tmp_path / "p.jpg", picture, exif_thumbnail=small(picture, (160, 120)),
+                             mpf_preview=marked(small(picture, (1600, 1200))), mp_type=mp_type)
+    with open(src, "rb") as f:
+        assert [c.source for c in find(f)] == ["exif"]
+    quick = thumbnail(src, tmp_path, 256, embedded=True)
+    assert not green_centre(quick)
+    assert mad(quick, thumbnail(src, tmp_path, 256, embedded=False)) == 0
+
+
 def test_a_photo_without_previews_renders_as_before(tmp_path, picture):
     src = jpeg_with_previews(tmp_path / "p.jpg", picture)
     assert mad(thumbnail(src, tmp_path, 75, embedded=True), thumbnail(src, tmp_path, 75, embedded=False)) == 0

@@ -36,6 +36,11 @@ FLAT_STDDEV = 0.5
 # Headers to read at most while looking for APP1/APP2 (a camera's EXIF block is at most 64 KB).
 _HEAD_LIMIT = 256 * 1024
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# MP Type codes (CIPA DC-007, 5.2.3.3.1) of the images that are previews of the photo: large
+# thumbnails of VGA and full-HD class. The others are other pictures: a stereo pair's second
+# view (0x020002 disparity), a panorama's or multi-angle set's other frames, and images of no
+# declared type (0x000000), as which phones store HDR gain maps.
+_MP_PREVIEW_TYPES = frozenset({0x010001, 0x010002})
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _mpf_previews(f, tiff_at: int, data: bytes, size: int) -> list[Candidate]:
     found = []
     for i in range(1, len(table) // 16):  # the first entry is the photo itself
         attribute, length, data_offset = struct.unpack(order + "III", table[16 * i : 16 * i + 12])
-        if (attribute >> 24) & 0x7 == 0 and data_offset:  # image data format 0: JPEG
+        if (attribute >> 24) & 0x7 == 0 and attribute & 0xFFFFFF in _MP_PREVIEW_TYPES and data_offset:
             found += _candidate(f, "mpf", tiff_at + data_offset, length, size)
     return found
 
