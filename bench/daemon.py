@@ -29,6 +29,8 @@ def size_list(boxes: tuple[int, ...]) -> str:
 
 # "ok /path/to/name.jpg -> ..." or "ok src=/path/to/name.jpg ...": the photo's file name
 _OK_NAME = re.compile(r" ok (?:src=)?\S*?([^/\s]+\.jpe?g)\b")
+# "... in 41 ms" or "ms=41": the worker's own time for the photo
+_OK_MS = re.compile(r"(?: in |\bms=)(\d+(?:\.\d+)?)(?: ms)?\b")
 
 
 class BenchDaemon:
@@ -50,6 +52,7 @@ class BenchDaemon:
         # poller would take CPU from the workers being measured.
         self.done = 0
         self.ok_at: dict[str, float] = {}  # photo file name -> when its "ok" line was read
+        self.ok_ms: dict[str, float] = {}  # photo file name -> the render time its "ok" line gives
         self._done_changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -66,6 +69,9 @@ class BenchDaemon:
                     name = _OK_NAME.search(line)
                     if name:
                         self.ok_at[name.group(1)] = when
+                        ms = _OK_MS.search(line, name.end())
+                        if ms:
+                            self.ok_ms[name.group(1)] = float(ms.group(1))
                     self.done_at = when
                     self._done_changed.notify_all()
 
