@@ -1,12 +1,17 @@
 """The Celery backend against a real Redis and real `thumbwatch worker` processes.
 
-Two worker processes started from the CLI stand in for two render hosts; the master side is a
-CeleryExecutor driven by the loop executor.py documents. The oracle for "rendered once" is the
-outcome stream in Redis, written by the render hosts, not the executor's own bookkeeping.
+Two worker processes started from the CLI stand in for two render hosts. The master side is
+either a CeleryExecutor driven by the loop executor.py documents (the first half: one step at a
+time, its outcomes inspected) or the real master, `python -m watcher run` (the second half: its
+log, its status, SIGTERM, a second master). The oracles for "rendered once" are the outcome
+stream in Redis, written by the render hosts, and the tasks waiting in the broker's queue, not
+the executor's own bookkeeping; every thumbnail is checked for its own photo's colour.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import multiprocessing.connection
 import os
@@ -14,12 +19,13 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from helpers import make_jpeg, wait_for, write_config
+from helpers import Daemon, make_flat_jpeg, make_jpeg, mean_colour, palette, same_colour, temp_files, thumb, wait_for, write_config
 
 redis = pytest.importorskip("redis", reason="the celery extra is not installed (pip install -e '.[test]')")
 pytest.importorskip("celery", reason="the celery extra is not installed (pip install -e '.[test]')")
@@ -183,6 +189,20 @@ def renders_per_photo(url: str, queue: str) -> dict[str, int]:
         if m["k"] == "ok" and not m.get("again"):
             counts[m["key"]] = counts.get(m["key"], 0) + 1
     return counts
+
+
+def queued_photos(url: str, queue: str) -> list[str]:
+    """The photo keys in the tasks waiting in the broker's queue (Celery's message, as stored)."""
+    client = redis.Redis.from_url(url)
+    messages = client.lrange(queue, 0, -1)
+    client.close()
+    keys = []
+    for raw in messages:
+        message = json.loads(raw)
+        assert message["properties"]["body_encoding"] == "base64", message["properties"]
+        (photos, _settings, _sizes), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        keys.extend(photo[0] for photo in photos)
+    return keys
 
 
 def assert_valid_thumbnails(jobs: list[Job]) -> None:
@@ -367,3 +387,207 @@ def test_drain_returns_what_was_not_published_and_waits_for_the_rest(cfg, worker
     assert len(m.todo) == 32
     assert_valid_thumbnails([o.job for o in rendered])
     assert len(jobs) == 40
+
+
+# ---- through the real master: `python -m watcher run` with workers.backend: celery ------------
+
+MASTER_CONFIG = """\
+watch:
+  paths: [photos]
+  create: true
+  settle_seconds: 0.3
+  rescan_interval: 0
+output:
+  sizes:
+    - {{name: small, width: 48, height: 48}}
+workers:
+  count: 1
+  backend: celery
+  drain_timeout: {drain}
+  max_retries: 1
+limits:
+  photo_timeout: 2
+  worker_memory_mb: 0
+state:
+  dir: {state}
+log:
+  level: info
+  progress_interval: 0
+celery:
+  broker: {url}
+  queue: q{queue}
+  visibility_timeout: 4
+  batch: 4
+"""
+
+
+def master_config(project: Path, url: str, *, name: str = "config.yaml", state: str = "state", drain: float = 20) -> Path:
+    return write_config(project / name, MASTER_CONFIG.format(url=url, state=state, drain=drain, queue=os.getpid()))
+
+
+def flat_photos(project: Path, count: int, size: tuple[int, int] = (96, 72), *, slow: bool = False) -> dict[str, tuple[int, int, int]]:
+    """Photos of distinct flat colours, so each thumbnail can be told from every other. `slow`
+    ones are 12 MP PNGs (named .jpg, as a camera app might): no JPEG draft decoding, ~50 ms each."""
+    colours = {}
+    for i in range(count):
+        path = project / "photos" / f"f{i:04d}.jpg"
+        if slow:
+            path.write_bytes(slow_flat_png(palette(i)))
+        else:
+            make_flat_jpeg(path, palette(i), *size)
+        colours[str(path)] = palette(i)
+    return colours
+
+
+_PNG: list[bytes] = []
+
+
+def slow_flat_png(colour: tuple[int, int, int]) -> bytes:
+    """A 4000x3000 one-colour palette PNG: encoded once, then only its PLTE chunk is rewritten."""
+    if not _PNG:
+        buf = io.BytesIO()
+        im = Image.new("P", (4000, 3000), 0)
+        im.putpalette([0, 0, 0])
+        im.save(buf, "PNG")
+        _PNG.append(buf.getvalue())
+    data = _PNG[0]
+    at = data.index(b"PLTE")  # length (4 bytes) before it, 3 bytes of palette and the CRC after
+    rgb = bytes(colour)
+    return data[:at + 4] + rgb + zlib.crc32(b"PLTE" + rgb).to_bytes(4, "big") + data[at + 4 + 3 + 4:]
+
+
+def thumbnails_done(project: Path, colours: dict[str, tuple[int, int, int]]) -> bool:
+    return all(thumb(project, os.path.basename(p)).exists() for p in colours)
+
+
+def assert_flat_thumbnails(project: Path, colours: dict[str, tuple[int, int, int]]) -> None:
+    """Every photo has its own thumbnail, of its own colour (not a neighbour's), and no temp file is left."""
+    for path, colour in colours.items():
+        out = thumb(project, os.path.basename(path))
+        with Image.open(out) as im:
+            assert max(im.size) == 48, (out, im.size)
+        assert same_colour(mean_colour(out), colour), f"{out}: {mean_colour(out)} is not {colour}"
+    assert not temp_files(project / "photos"), temp_files(project / "photos")
+
+
+def ok_lines(daemon: Daemon) -> dict[str, list[str]]:
+    """The master's `ok <photo> -> ... on <host>` lines, by photo."""
+    lines: dict[str, list[str]] = {}
+    for line in daemon.matching(r" INFO ok /"):
+        lines.setdefault(line.split(" INFO ok ", 1)[1].split(" -> ", 1)[0], []).append(line)
+    return lines
+
+
+def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "watcher", *args, "-c", str(config)], capture_output=True, text=True, timeout=30, cwd=config.parent)
+
+
+def test_a_burst_through_the_master_spreads_over_two_hosts_each_photo_once(project, start_daemon, workers, redis_url):
+    config = master_config(project, redis_url)
+    colours = flat_photos(project, 200)
+    workers.start(config, "w1")
+    workers.start(config, "w2")
+    daemon = start_daemon(config)
+    daemon.wait_log(r" INFO ok /", timeout=60, count=200)
+    assert_flat_thumbnails(project, colours)
+    lines = ok_lines(daemon)
+    assert set(lines) == set(colours), set(colours) ^ set(lines)
+    assert all(len(v) == 1 for v in lines.values()), [v for v in lines.values() if len(v) > 1][:3]
+    hosts = {line.rsplit(" on ", 1)[1] for v in lines.values() for line in v}
+    assert hosts == {"w1", "w2"}, hosts
+    counts = renders_per_photo(redis_url, f"q{os.getpid()}")
+    assert len(counts) == 200 and set(counts.values()) == {1}, "a photo was rendered twice"
+    # each render host's own log says the same, one line per photo, and none of Celery's chatter
+    host_lines = [line for name in ("w1", "w2") for line in workers.log(name).decode().splitlines()]
+    assert sum(" INFO ok /" in line for line in host_lines) == 200
+    assert not [line for line in host_lines if "Task thumbwatch.render" in line or "-------------- " in line or "[tasks]" in line]
+    # `thumbwatch status` names the render hosts; the status file keeps an (empty) worker list
+    status = wait_for(lambda: (out := cli("status", config=config)).returncode == 0 and "w1 (" in out.stdout and "w2 (" in out.stdout and out,
+                      timeout=10, message="status listing both render hosts")
+    assert "render hosts: w1 (" in status.stdout, status.stdout
+    assert daemon.status()["workers"] == [] and daemon.status()["backend"] == "celery"
+
+
+def test_a_second_master_on_the_same_tree_and_broker_renders_nothing_twice(project, start_daemon, workers, redis_url):
+    colours = flat_photos(project, 60)
+    first = start_daemon(master_config(project, redis_url))
+    second = start_daemon(master_config(project, redis_url, name="second.yaml", state="state2"))  # the instance lock is per state folder
+    for daemon in (first, second):
+        daemon.wait_log(r"catch-up done: found=60 queued=60")
+    queued = wait_for(lambda: len(keys := queued_photos(redis_url, f"q{os.getpid()}")) >= 60 and keys, timeout=10, message="60 photos queued")
+    time.sleep(0.5)  # not synchronisation: a grace period in which a duplicate publish would show
+    queued = queued_photos(redis_url, f"q{os.getpid()}")
+    assert len(queued) == len(set(queued)) == 60, f"{len(queued)} photos queued for 60: the second master queued again"
+    workers.start(project / "config.yaml", "w1")  # both have queued (or joined) every photo before anything renders
+    first.wait_log(r" INFO ok /", timeout=40, count=60)
+    second.wait_log(r" INFO ok /", timeout=40, count=60)
+    assert_flat_thumbnails(project, colours)
+    counts = renders_per_photo(redis_url, f"q{os.getpid()}")
+    assert len(counts) == 60 and set(counts.values()) == {1}, "a photo was rendered twice"
+    for daemon in (first, second):
+        assert set(ok_lines(daemon)) == set(colours)
+        assert all(len(v) == 1 for v in ok_lines(daemon).values())
+
+
+def test_sigterm_to_the_master_leaves_queued_work_to_the_broker_and_the_next_start(project, start_daemon, workers, redis_url):
+    config = master_config(project, redis_url, drain=1)
+    colours = flat_photos(project, 60, slow=True)
+    workers.start(config, "w1")
+    daemon = start_daemon(config)
+    daemon.wait_log(r" INFO ok /", timeout=30, count=3)
+    daemon.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert daemon.wait_exit(20) == 0, daemon.text()
+    assert time.monotonic() - signalled < 1 + 8, "not stopped within drain_timeout (1 s) and a margin"
+    assert daemon.matching(r"stopping at once \(drain_timeout of 1 s\)"), daemon.text()
+    done_by_first = set(ok_lines(daemon))
+    assert len(done_by_first) < 60, "everything finished before the stop: the test proves nothing"
+    workers.kill_group("w1")  # what is still queued waits in the broker for the next render host
+    restarted = start_daemon(config)
+    restarted.wait_ready()
+    workers.start(config, "w2")
+    wait_for(lambda: thumbnails_done(project, colours), timeout=60, message="every photo's thumbnail")
+    restarted.wait_log(r"catch-up done")
+    assert_flat_thumbnails(project, colours)
+    counts = renders_per_photo(redis_url, f"q{os.getpid()}")
+    assert len(counts) == 60 and set(counts.values()) == {1}, "a photo was rendered twice"
+    assert not set(ok_lines(restarted)) & done_by_first, "the restart queued again what the first run reported done"
+    assert ok_lines(restarted), "nothing was left for the restart: the test proves nothing"
+
+
+def test_the_broker_restarted_under_the_master_loses_nothing(project, start_daemon, workers, redis_url, redis_server):
+    config = master_config(project, redis_url)
+    colours = flat_photos(project, 80, slow=True)
+    workers.start(config, "w1")
+    daemon = start_daemon(config)
+    daemon.wait_log(r" INFO ok /", timeout=30, count=5)
+    redis_server.restart()  # no persistence: the queued tasks and the job keys are gone
+    wait_for(lambda: len(ok_lines(daemon)) == 80, timeout=60, message="an ok line for every photo")
+    assert daemon.matching(r"queued photo\(s\) are no longer in the broker .*; publishing them again"), "the restart lost nothing: the test proves nothing"
+    assert_flat_thumbnails(project, colours)
+    assert all(len(v) == 1 for v in ok_lines(daemon).values()), "a photo reported twice"
+    errors = daemon.matching(r" (ERROR|CRITICAL) ")
+    assert len(errors) == 1 and "lost the broker" in errors[0], errors
+    assert len(daemon.matching(r"the broker is back \(it restarted\)")) == 1, daemon.text()
+    host_errors = [line for line in workers.log("w1").decode().splitlines() if " ERROR " in line]
+    assert len(host_errors) <= 1, host_errors  # Celery's reconnect error, said once
+
+
+def test_retry_clears_the_dedupe_keys_of_photos_queued_by_a_stopped_master(project, start_daemon, redis_url):
+    config = master_config(project, redis_url, drain=0.5)
+    colours = flat_photos(project, 12)
+    daemon = start_daemon(config)  # no render host: everything stays queued
+    daemon.wait_log(r"catch-up done: found=12 queued=12")
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"tw:q{os.getpid()}:job:"
+    wait_for(lambda: len(list(client.scan_iter(match=prefix + "*"))) == 12, timeout=10, message="12 job keys")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
+    one = next(iter(colours))
+    out = cli("retry", one, config=config)
+    assert out.returncode == 0, out.stderr
+    assert len(list(client.scan_iter(match=prefix + "*"))) == 11, "retry PATH clears that photo's key only"
+    out = cli("retry", config=config)
+    assert out.returncode == 0, out.stderr
+    assert not list(client.scan_iter(match=prefix + "*")), "retry left dedupe keys behind"
+    client.close()
