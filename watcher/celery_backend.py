@@ -278,7 +278,9 @@ class CeleryExecutor:
         return len(self.pending) + sum(len(jobs) for jobs in self.waiting.values())
 
     def in_hand(self) -> int:
-        """Published: in the broker or on a render host (which of the two, only the hosts know)."""
+        """Published: in the broker or on a render host (which of the two, only the hosts know).
+        Either way drain() waits for their outcomes, and what is still queued when it stops stays
+        in the broker: none of it needs the next start's catch-up, as the local pool's queue does."""
         return sum(len(jobs) for jobs in self.waiting.values())
 
     def resize(self, count: int) -> None:
@@ -451,7 +453,10 @@ class CeleryExecutor:
         for key in lost:
             self._forget_task_key(key)
             for job in self.waiting.pop(key):
-                self.pending.append((job, self._settings[1] if self._settings else {}))
+                if self.draining:
+                    self.ready.append(Returned(job))  # publish nothing more: the next start finds it
+                else:
+                    self.pending.append((job, self._settings[1] if self._settings else {}))
 
     # -- outcomes
 
