@@ -410,8 +410,8 @@ def bench_preview(n: int, repeats: int, results: dict) -> None:
     }
 
 
-LANE_PHASE_S = 3.0  # the lanes scenario alternates phases this long with drops and without
-LANE_GAP_S = 0.4  # between one drop's thumbnail and the next drop, in a phase with drops
+LANE_PHASE_S = 2.0  # the lanes scenario alternates phases this long with drops and without
+LANE_GAP_S = 0.3  # between one drop's thumbnail and the next drop, in a phase with drops
 
 
 def bench_lanes(count: int, nlive: int, results: dict) -> None:
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     # forks: all methods run alike, and none at the mercy of glibc's moving thresholds.
     keep_freed_memory()
     repeats = 1 if args.quick else args.repeats
-    n12, n2, nlat, ncatch, nburst, npv = (24, 24, 10, 10_000, 2_000, 8) if args.quick else (120, 120, 40, 100_000, 20_000, 16)
+    n12, n2, nlat, ncatch, nburst, npv = (24, 24, 10, 10_000, 2_000, 8) if args.quick else (80, 120, 40, 100_000, 20_000, 16)
     results: dict = {
         "machine": machine(),
         "workers": WORKERS,
@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         ("preview", lambda: bench_preview(npv, repeats, results)),
         ("throughput", lambda: bench_throughput(n12, n2, repeats, results)),
         ("latency", lambda: bench_latency(nlat, results)),
-        ("lanes", lambda: bench_lanes(nburst, 30 if args.quick else 60, results)),
+        ("lanes", lambda: bench_lanes(nburst, 20 if args.quick else 40, results)),
         ("catchup", lambda: bench_catchup(ncatch, repeats, results)),
         ("memory", lambda: bench_memory(nburst, results)),
     ]
