@@ -46,7 +46,7 @@ from typing import Any
 from .config import Config, ConfigError, OutputConfig, SizeSpec
 from .admission import fresh
 from .executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
-from .paths import Target, shown
+from .paths import TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 from .render import RenderSettings
 
 try:
@@ -64,6 +64,7 @@ TASK = "thumbwatch.render"
 STREAM_MAXLEN = 100_000  # outcomes kept in the stream; the master reads them within seconds
 AUDIT_EVERY = 10.0  # s between the master's checks that its queued photos are still in Redis
 BACKOFF_MAX = 10.0
+SWEEP_LOCK_EXPIRE = 10  # s; a sweep that took longer would only restore a task twice (deduped)
 FLUSH_TASKS = 32  # a catch-up publishes this many full tasks per round trip of claims
 
 
@@ -132,6 +133,9 @@ def make_app(config: Config) -> "celery.Celery":
             # sweep for a dead host's photos every ~2 s instead of kombu's ~100 s
             "unacked_restore_interval": 2,
             "unacked_restore_throttle": 1,
+            # each sweep holds a lock in Redis; a host killed while holding it (a sweep every
+            # 2 s makes that a real chance) would stop every sweep for kombu's default 300 s
+            "unacked_mutex_expire": SWEEP_LOCK_EXPIRE,
         },
     )
     return app
@@ -890,6 +894,37 @@ def quiet_celery(app: "celery.Celery", name: str, config: Config) -> None:
         logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
 
 
+def remove_dead_temps(config: Config) -> int:
+    """Temp outputs this host's render processes left when they died (kill -9, power): named by
+    this host and a pid that no longer runs. Another render host's temps on the shared storage,
+    and those of live processes here (a second `thumbwatch worker`, the watcher), are not ours."""
+    removed = 0
+    for top in PathRules(config).temp_dirs():
+        for folder, _dirs, files in os.walk(top):
+            for name in files:
+                if not is_this_hosts_temp(name):
+                    continue
+                pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+                if pid.isdigit() and _alive(int(pid)):
+                    continue
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def worker_main(config: Config, name: str | None = None) -> int:
     """`thumbwatch worker`: a Celery worker with workers.count render processes."""
     name = name or socket.gethostname()
@@ -897,6 +932,9 @@ def worker_main(config: Config, name: str | None = None) -> int:
     quiet_celery(app, name, config)
     logger.info("render host %s starting: %d process(es) taking photos from %s queue=%s",
                 name, config.workers.count, redacted(config.celery.broker), config.celery.queue)
+    removed = remove_dead_temps(config)
+    if removed:
+        logger.info("removed %d temp file(s) left by render processes of this host that died", removed)
     argv = [
         "--quiet", "worker", "--pool=prefork", f"--concurrency={config.workers.count}", f"--queues={config.celery.queue}",
         f"--hostname=thumbwatch-{os.getpid()}@{name}", "--without-gossip", "--without-mingle", "--prefetch-multiplier=1",
