@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import multiprocessing.connection
 import os
 import signal
@@ -407,6 +408,31 @@ def test_sigterm_to_a_render_host_is_a_warm_shutdown(cfg, workers, masters, tmp_
     m.run_until_done(len(jobs), timeout=40)
     assert sorted(o.job.id for o in m.outcomes if isinstance(o, Rendered)) == sorted(j.id for j in jobs)
     assert_valid_thumbnails(jobs)
+
+
+def test_a_failed_publish_while_the_outcome_stream_is_fine_is_retried_not_stuck(cfg, workers, masters, tmp_path, caplog):
+    """The one rare error forced by a patch: the broker refusing a publish while the listener's
+    own connection works (nothing else would ever say the broker is back)."""
+    from kombu.exceptions import OperationalError
+
+    config = cfg(count=1)
+    workers.start(config, "w1")
+    m = masters(config)
+    real_send, failures = m.executor.app.send_task, []
+
+    def send_once_refused(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("refused once, as a broker out of memory would")
+        return real_send(*args, **kwargs)
+
+    m.executor.app.send_task = send_once_refused
+    caplog.set_level(logging.INFO, logger="watcher.celery_backend")
+    jobs = m.add(photos(tmp_path / "photos", 10))
+    m.run_until_done(len(jobs), timeout=20)
+    assert failures and all(isinstance(o, Rendered) for o in m.outcomes)
+    assert_valid_thumbnails(jobs)
+    assert [r.levelname for r in caplog.records if "broker" in r.getMessage()] == ["ERROR", "INFO"], caplog.text
 
 
 def test_drain_returns_what_was_not_published_and_waits_for_the_rest(cfg, workers, masters, tmp_path):

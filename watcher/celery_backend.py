@@ -545,10 +545,18 @@ class CeleryExecutor:
 
     def _listen(self, last: str) -> None:
         client = _redis(self.config, socket_timeout=5)
-        delay = 0.5
+        delay = probe = 0.5
         down = not self.broker_up
         while not self._stop.is_set():
             try:
+                if not down and not self.broker_up:
+                    # a publish or a check failed while this connection is fine: say "up" again
+                    # once the broker answers, with back-off in case only publishing fails
+                    self._stop.wait(probe)
+                    probe = min(probe * 2, BACKOFF_MAX)
+                    down = True
+                elif self.broker_up:
+                    probe = 0.5
                 if down:
                     run_id = client.info("server")["run_id"]
                     self._post(("up", run_id))
