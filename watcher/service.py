@@ -39,7 +39,7 @@ STATUS_EVERY = 2.0
 
 
 def make_executor(config: Config) -> Executor:
-    if getattr(config.workers, "backend", "local") == "celery":
+    if config.workers.backend == "celery":
         from .celery_backend import CeleryExecutor
 
         return CeleryExecutor(config)
