@@ -4,8 +4,9 @@ ratio to a baseline measured in the same run on the same files, so results hold 
     python -m bench [--quick] [--only render,preview,throughput,latency,lanes,catchup,memory]
                     [--repeats 3] [--workers N] [--out FILE]
 
-Prints the machine, a table and every target as PASS, MARGINAL (passing by less than 1 %) or
-FAIL with its figure, and writes bench/results/latest.json (or --out). Figures are medians over --repeats.
+Prints the machine, a table and every target as PASS, MARGINAL (passing by less than 1 %),
+FAIL, or NOISY (the method's own noise in this run is larger than the margin tested) with its
+figure, and writes bench/results/latest.json (or --out). Figures are medians over --repeats.
 """
 
 from __future__ import annotations
