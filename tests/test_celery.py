@@ -404,12 +404,14 @@ def test_sigterm_to_a_render_host_is_a_warm_shutdown(cfg, workers, masters, tmp_
     wait_for(lambda: m.step() or len(m.outcomes) >= 3, timeout=30, message="rendering started")
     w1.send_signal(signal.SIGTERM)
     try:
-        code = w1.wait(30)
-    except subprocess.TimeoutExpired:  # seen once under load: leave its stacks in the failure
+        # Celery 5.7's pool: a stop that lands as a pool process finishes a task can take 30 s
+        # more (the process waits 300 x 0.1 s for its result to be read; seen in 2 of ~40 runs)
+        code = w1.wait(30 + 20)
+    except subprocess.TimeoutExpired:  # anything longer: leave its stacks in the failure
         for pid in session_pids(w1):
             os.kill(pid, signal.SIGABRT)
         w1.wait(10)
-        pytest.fail("the warm shutdown hung for 30 s; the worker's log and stacks:\n" + workers.log("w1").decode()[-6000:])
+        pytest.fail("the warm shutdown hung for 50 s; the worker's log and stacks:\n" + workers.log("w1").decode()[-6000:])
     assert code == 0, workers.log("w1").decode()[-2000:]
     assert b"Warm shutdown" in workers.log("w1")
     workers.start(config, "w2")  # the rest goes back to the queue, w2 renders it at once
