@@ -1,8 +1,8 @@
 """The local executor: a fixed pool of worker processes, one pipe each.
 
-Each worker holds at most PREFETCH jobs (the photo in hand and the next one, so it never sits
-idle waiting for the master on a busy 2-core box), and the pool always knows which photo a
-worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo comes back as Lost and
+Each worker holds at most PREFETCH jobs (the photo in hand and, behind a small one, the next,
+so it never sits idle waiting for the master on a busy 2-core box), and the pool always knows
+which photo a worker holds: when a worker dies (SIGKILL, segfault, OOM killer) its photo comes back as Lost and
 a replacement is started. A shared multiprocessing.Queue can't give that: a worker killed while
 reading it leaves the queue's lock held and the whole pool hangs, which is exactly where
 multiprocessing.Pool and ProcessPoolExecutor fall down.
@@ -32,6 +32,9 @@ from .worker import STOP_SIGNALS, worker_main
 logger = logging.getLogger(__name__)
 
 PREFETCH = 2
+# ...but only behind a small photo. Behind a big one the master's round trip is lost in the
+# render time, and a photo dropped by a person would wait for two renders instead of one.
+PREFETCH_BELOW_BYTES = 1 << 20
 
 # A worker that dies this many times in a row before saying hello cannot boot: stop trying.
 BOOT_FAILURE_LIMIT = 5
@@ -116,13 +119,18 @@ class LocalPool:
     def _usable(self) -> list[Worker]:
         return [w for w in self.workers if w.booted and not w.retiring and not self.draining]
 
+    @staticmethod
+    def _has_room(worker: Worker) -> bool:
+        return not worker.jobs or (len(worker.jobs) < PREFETCH and worker.jobs[-1].size < PREFETCH_BELOW_BYTES)
+
     def capacity(self) -> int:
-        return sum(max(0, PREFETCH - len(w.jobs)) for w in self._usable())
+        """Workers that can take one more photo now (asked again after every submit)."""
+        return sum(1 for w in self._usable() if self._has_room(w))
 
     def submit(self, job: Job, settings: Any) -> None:
-        """To the emptiest worker. The render settings go along only when they changed (a
-        reload), not pickled with every photo."""
-        worker = min(self._usable(), key=lambda w: len(w.jobs))
+        """To the emptiest worker with room. The render settings go along only when they
+        changed (a reload), not pickled with every photo."""
+        worker = min((w for w in self._usable() if self._has_room(w)), key=lambda w: len(w.jobs))
         if worker.settings is not settings:
             worker.conn.send(msg.UseSettings(settings))
             worker.settings = settings
