@@ -297,8 +297,8 @@ def test_a_render_host_killed_mid_burst_loses_nothing(cfg, workers, masters, tmp
 
 
 def test_a_render_host_start_removes_only_the_temps_of_its_own_dead_processes(cfg, tmp_path):
-    from watcher.celery_backend import remove_dead_temps
-    from watcher.paths import temp_path_for
+    from watcher.paths import PathRules, temp_path_for
+    from watcher.scan import remove_stale_temps
 
     config = load(cfg(), base_dir=tmp_path)
     thumbs = tmp_path / "photos" / "thumbs" / "sub"
@@ -310,7 +310,7 @@ def test_a_render_host_start_removes_only_the_temps_of_its_own_dead_processes(cf
     other_host = thumbs / f".tw-{dead.pid}-otherhost~c.jpg.tmp"  # another render host's, on shared storage
     for path in (dead_temp, live_temp, other_host):
         path.write_bytes(b"partial")
-    assert remove_dead_temps(config) == 1
+    assert remove_stale_temps(PathRules(config)) == 1
     assert not dead_temp.exists() and live_temp.exists() and other_host.exists()
 
 

@@ -253,7 +253,7 @@ class Admission:
         except OSError as err:
             self._fail(path, None, _os_reason(err))
             return None
-        if not self.rules.followable(path):
+        if not self.rules.photo_followable(path):
             logger.debug("not followed (a symlink, and watch.follow_symlinks is off): %s", shown(path))
             return None
         targets = self.rules.targets(path)

@@ -45,8 +45,9 @@ from typing import Any
 
 from .config import Config, ConfigError, OutputConfig, SizeSpec
 from .admission import fresh
+from .scan import remove_stale_temps
 from .executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
-from .paths import TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
+from .paths import PathRules, Target, shown
 from .render import RenderSettings
 
 try:
@@ -642,13 +643,17 @@ class RenderHost:
         settings = self.settings(settings_wire_)
         sizes = [SizeSpec(**s) for s in sizes_wire]
         for key, path, size, mtime_ns, ino, targets_wire in photos:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.exists(self.keys.job(key))
-            pipe.hincrby(self.keys.tries(key), "n", 1)
-            pipe.hget(self.keys.tries(key), "how")
-            pipe.expire(self.keys.tries(key), dedupe_ttl(self.config))
-            pipe.set(self.keys.in_hand(task_id), f"{key} {os.getpid()}", ex=dedupe_ttl(self.config))
-            queued, starts, how, _, _ = self._retrying(pipe.execute)
+            def claim(key: str = key) -> list:
+                # built afresh on every try: a pipeline that failed half-way comes back empty
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.exists(self.keys.job(key))
+                pipe.hincrby(self.keys.tries(key), "n", 1)
+                pipe.hget(self.keys.tries(key), "how")
+                pipe.expire(self.keys.tries(key), dedupe_ttl(self.config))
+                pipe.set(self.keys.in_hand(task_id), f"{key} {os.getpid()}", ex=dedupe_ttl(self.config))
+                return pipe.execute()
+
+            queued, starts, how, _, _ = self._retrying(claim)
             if not queued:
                 continue  # reported before this task came round again
             targets = [Target(sizes[i], p) for p, i in targets_wire]
@@ -672,10 +677,14 @@ class RenderHost:
 
     def report(self, task_id: str, key: str, path: str, m: dict) -> None:
         m.update(key=key, h=self.name, pid=os.getpid())
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.keys.outcomes, {"m": json.dumps(m)}, maxlen=STREAM_MAXLEN, approximate=True)
-        pipe.delete(self.keys.job(key), self.keys.tries(key), self.keys.in_hand(task_id))
-        self._retrying(pipe.execute)
+
+        def send() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.keys.outcomes, {"m": json.dumps(m)}, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.delete(self.keys.job(key), self.keys.tries(key), self.keys.in_hand(task_id))
+            return pipe.execute()
+
+        self._retrying(send)
         _log_outcome(path, m)
 
     def _retrying(self, call: Any) -> Any:
@@ -902,37 +911,6 @@ def quiet_celery(app: "celery.Celery", name: str, config: Config) -> None:
         logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
 
 
-def remove_dead_temps(config: Config) -> int:
-    """Temp outputs this host's render processes left when they died (kill -9, power): named by
-    this host and a pid that no longer runs. Another render host's temps on the shared storage,
-    and those of live processes here (a second `thumbwatch worker`, the watcher), are not ours."""
-    removed = 0
-    for top in PathRules(config).temp_dirs():
-        for folder, _dirs, files in os.walk(top):
-            for name in files:
-                if not is_this_hosts_temp(name):
-                    continue
-                pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
-                if pid.isdigit() and _alive(int(pid)):
-                    continue
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def worker_main(config: Config, name: str | None = None) -> int:
     """`thumbwatch worker`: a Celery worker with workers.count render processes."""
     name = name or socket.gethostname()
@@ -940,7 +918,7 @@ def worker_main(config: Config, name: str | None = None) -> int:
     quiet_celery(app, name, config)
     logger.info("render host %s starting: %d process(es) taking photos from %s queue=%s",
                 name, config.workers.count, redacted(config.celery.broker), config.celery.queue)
-    removed = remove_dead_temps(config)
+    removed = remove_stale_temps(PathRules(config))
     if removed:
         logger.info("removed %d temp file(s) left by render processes of this host that died", removed)
     argv = [

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 
 from . import freedesktop
@@ -51,6 +52,7 @@ class PathRules:
         self.output_roots = tuple(self._output_root(root) for root in self.roots)
         self._folders: dict[str, FolderRules] = {}
         self._real_roots: dict[str, str] = {}
+        self._followable_folders: dict[str, tuple[bool, float]] = {}
 
     def root_of(self, path: str) -> str | None:
         for root in self.roots:
@@ -74,6 +76,22 @@ class PathRules:
         if real == (os.path.join(real_root, rel) if rel else real_root):
             return True
         return self.config.watch.follow_symlinks and not self.really_inside_roots(real)
+
+    def photo_followable(self, path: str) -> bool:
+        """followable() for a photo, with its folder's answer kept for a moment: a burst or a
+        catch-up then pays one lstat per photo, not a realpath of every folder above it."""
+        folder = os.path.dirname(path)
+        now = time.monotonic()
+        known = self._followable_folders.get(folder)
+        if known is None or now - known[1] > FOLLOWABLE_FOR:
+            if len(self._followable_folders) > 4096:
+                self._followable_folders.clear()
+            known = self._followable_folders[folder] = (self.followable(folder), now)
+        if not known[0]:
+            return False
+        if not os.path.islink(path):
+            return True
+        return self.config.watch.follow_symlinks and not self.really_inside_roots(os.path.realpath(path))
 
     def _real_root(self, root: str) -> str:
         real = self._real_roots.get(root)
@@ -222,6 +240,9 @@ class FolderRules:
 
 NAME_MAX = 255  # bytes in one file name, on every Linux file system we write to
 
+
+# How long a folder's answer to followable() is kept (seconds).
+FOLLOWABLE_FOR = 2.0
 
 # This host, as temp names carry it: render hosts on shared storage write beside each other.
 HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:32] or "host"

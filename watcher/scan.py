@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .paths import FORMAT_EXT, JPEG_EXTS, PathRules, Target, is_this_hosts_temp, shown
+from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +80,34 @@ def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]
 
 
 def remove_stale_temps(rules: PathRules) -> int:
-    """Temp outputs left by a crashed or killed run on this host: ours by name, safe to delete
-    at start (other render hosts' temps on shared storage are theirs)."""
+    """Temp outputs left by a crashed or killed process of this host: ours by name, and named
+    by a pid that no longer runs. Other render hosts' temps on shared storage, and those of
+    live processes here (a `thumbwatch worker` beside the watcher), are not ours to remove."""
     removed = 0
     for top in rules.temp_dirs():
         for folder, _dirs, files in os.walk(top):
             for name in files:
-                if is_this_hosts_temp(name):
-                    try:
-                        os.unlink(os.path.join(folder, name))
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
+                if not is_this_hosts_temp(name) or _writer_alive(name):
+                    continue
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
     return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    pid = temp_name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def could_be_ours(rules: PathRules, name: str) -> bool:

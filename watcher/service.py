@@ -138,10 +138,8 @@ class Service:
         self.scanner.start()
         if not self.one_shot:
             self.watching.start()
-        logger.info(
-            "ready: watching %d folder(s) with %d workers%s",
-            len(self.watching.watches), self.config.workers.count, " (one-shot scan)" if self.one_shot else "",
-        )
+        renderers = "render hosts" if cfg.workers.backend == "celery" else f"{cfg.workers.count} workers"
+        logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), renderers, " (one-shot scan)" if self.one_shot else "")
         self._write_status("running", force=True)
         self.notifier.ready(self._status_line())
         self.rescan("catch-up", self.rules.roots)
@@ -448,7 +446,11 @@ class Service:
         save state. Queued work is found again by the next start's catch-up."""
         in_hand = self.executor.in_hand()
         waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
-        logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_hand, waiting)
+        if self.config.workers.backend == "celery":
+            logger.info("draining: %d photo(s) with the render hosts (they finish them), %d queued here (found again by "
+                        "the next start's catch-up)", in_hand, waiting)
+        else:
+            logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_hand, waiting)
         self.executor.drain()  # first: from now on nothing starts that wasn't already started
         self.notifier.stopping(f"draining: {in_hand} in flight")
         self.watching.stop()
