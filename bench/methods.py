@@ -44,7 +44,7 @@ def classic_as_written(job: tuple[str, str]) -> None:
 
 
 def _save_atomic(im: Image.Image, path: str) -> None:
-    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    temp = os.path.join(os.path.dirname(path), f".{os.getpid()}-{os.path.basename(path)}.tmp")  # per writer, as ours
     im.save(temp, "JPEG", quality=QUALITY, subsampling=SUBSAMPLING)
     os.replace(temp, path)
 
@@ -79,7 +79,7 @@ def pyvips_equal(job: tuple[str, str]) -> None:
 
     src, out = job
     path = os.path.join(out, "pyvips", Path(src).stem + ".jpg")
-    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp.jpg")
+    temp = os.path.join(os.path.dirname(path), f".{os.getpid()}-{os.path.basename(path)}.tmp.jpg")
     pyvips.Image.thumbnail(src, 256, height=256).jpegsave(temp, Q=QUALITY, strip=True, subsample_mode="on")
     os.replace(temp, path)
 
