@@ -46,6 +46,7 @@ from typing import Any
 from .config import Config, ConfigError, OutputConfig, SizeSpec
 from .admission import fresh
 from .scan import remove_stale_temps
+from .pool import describe_exit
 from .executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
 from .paths import PathRules, Target, shown
 from .render import RenderSettings
@@ -160,17 +161,6 @@ def settings_from_wire(wire: dict) -> RenderSettings:
 
     output["dir"] = Path(output["dir"])
     return RenderSettings(OutputConfig(**output), wire["max_pixels"])
-
-
-def describe_exit(code: int | None) -> str:
-    """The local pool's wording for how a process ended."""
-    if code is None:
-        return "lost"
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
 
 
 def _lost_how(exc: BaseException) -> str:
