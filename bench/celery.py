@@ -169,8 +169,11 @@ def master_publish_rate(work: Path, url: str, name: str) -> dict:
 
     config = load(config_path, base_dir=folder)
     count = config.workers.queue_size * config.celery.batch
+    old = time.time() - 3600  # a catch-up's photos are not being written: none waits to settle
     for i in range(count):
-        (folder / "photos" / f"x{i:06d}.jpg").write_bytes(b"\xff\xd8 not decoded: no render host runs")
+        photo = folder / "photos" / f"x{i:06d}.jpg"
+        photo.write_bytes(b"\xff\xd8 not decoded: no render host runs")
+        os.utime(photo, (old, old))
     client = redis.Redis.from_url(url)
     log = open(folder / "master.log", "wb")
     master = subprocess.Popen([sys.executable, "-m", "watcher", "run", "-c", "config.yaml"], cwd=folder,

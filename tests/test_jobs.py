@@ -56,3 +56,17 @@ def test_discard_removes_from_either_lane():
     q.offer("b")
     assert q.discard("a") and q.discard("b") and not q.discard("c")
     assert len(q) == 0
+
+
+def test_the_master_is_woken_when_work_appears_not_for_every_photo():
+    wakes = []
+    q = JobQueue(100, lambda: wakes.append(1))
+    stop = threading.Event()
+    for name in ["a", "b", "c"]:
+        q.put(name, stop)
+    q.offer("live")
+    assert len(wakes) == 1, "a master holding work takes more when a worker comes free"
+    while q.pop():
+        pass
+    q.offer("again")
+    assert len(wakes) == 2, "an empty queue that gets work wakes the master"

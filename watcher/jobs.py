@@ -5,6 +5,10 @@ scan lane holds what catch-up and rescans found. A worker that comes free takes 
 lane first, so a photo dropped during a 100,000-photo catch-up waits only for a worker, not for
 the catch-up. Each lane has its own bound, so a scan can never fill the room live events need.
 
+The master is woken only when the queue goes from empty to not empty: while it holds work it
+takes more whenever a worker comes free (and an outcome wakes it for that), so a scan filling
+the queue costs no wake-up, and no half-empty batch, per photo.
+
 A path already waiting is not queued twice (duplicate events coalesce; a live event for a path
 the scan already queued moves it to the live lane). A full live lane drops the path and raises
 `overflowed`: the master answers with a rescan once there is room, which finds every dropped
@@ -48,10 +52,12 @@ class JobQueue:
             if len(self._live) >= self.maxsize:
                 self.overflowed = True
                 return False
+            was_empty = not (self._live or self._scan)
             if self._scan.pop(path, 0) is None:
                 self._cond.notify()  # room in the scan lane
             self._live[path] = None
-        self._wake()
+        if was_empty:
+            self._wake()
         return True
 
     def put(self, path: str, stop: threading.Event) -> bool:
@@ -61,9 +67,11 @@ class JobQueue:
                 if stop.is_set():
                     return False
                 self._cond.wait(0.2)
+            was_empty = not (self._live or self._scan)
             if path not in self._live:
                 self._scan[path] = None
-        self._wake()
+        if was_empty:
+            self._wake()
         return True
 
     def pop(self) -> str | None:

@@ -98,16 +98,17 @@ def remove_stale_temps(rules: PathRules) -> int:
 
 
 def _writer_alive(temp_name: str) -> bool:
+    """Is the process named in a temp name still running? A zombie (killed, not yet reaped) is
+    not: its temp file is a leftover."""
     pid = temp_name[len(TEMP_PREFIX) :].split("-", 1)[0]
     if not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+    return state not in (b"Z", b"X")
 
 
 def could_be_ours(rules: PathRules, name: str) -> bool:
