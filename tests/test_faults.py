@@ -257,6 +257,7 @@ def test_full_queue_drops_events_and_a_rescan_finds_them(project, start_daemon, 
     for name in names:
         wait_for(thumb(project, name).exists, 60, message=name)
     for name in names:
+        daemon.wait_log(rf"\bok \S*{name} ")  # the thumbnail is renamed into place just before its line
         assert len(daemon.matching(rf"\bok \S*{name} ")) == 1, f"{name} rendered more than once"
 
 

@@ -36,6 +36,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -898,7 +899,7 @@ def quiet_celery(app: "celery.Celery", name: str, config: Config) -> None:
     # (A warnings filter would not hold: Celery's logging setup puts "always" in front of it.)
     logging.getLogger("py.warnings").addFilter(lambda record: "worker_cancel_long_running_tasks_on_connection_loss" not in record.getMessage())
     if os.geteuid() == 0:
-        logger.warning("running as root: run unprivileged instead (the systemd unit's DynamicUser=yes, or User= and Group=)")
+        logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
 
 
 def worker_main(config: Config, name: str | None = None) -> int:
@@ -916,9 +917,36 @@ def worker_main(config: Config, name: str | None = None) -> int:
         f"--hostname=thumbwatch-{os.getpid()}@{name}", "--without-gossip", "--without-mingle", "--prefetch-multiplier=1",
         f"--loglevel={config.log.level.upper()}",
     ]
+    asked = []  # the signal that asked for the stop, if one did
+
+    def shutting_down(sig: object = None, **_kw: object) -> None:
+        if sig:
+            asked.append(sig)
+
+    from celery.signals import worker_shutting_down
+
+    worker_shutting_down.connect(shutting_down, weak=False)
     try:
         app.worker_main(argv)
     except SystemExit as exit_:
+        if exit_.code and not asked:
+            _start_again(name, f"exit code {exit_.code}")
         return int(exit_.code or 0)
+    if not asked:
+        # Celery's consumer can die of a broker restart (kombu: "Unrecoverable error") and the
+        # worker then simply ends; a render host must not stay down for that.
+        _start_again(name, "Celery's worker ended without being asked to")
     logger.info("render host %s stopped", name)
     return 0
+
+
+def _start_again(name: str, why: str) -> None:
+    """Run this render host afresh (same pid, same process group, so it is still the one a
+    service manager or a test knows), with back-off: 1 s, 2 s, 4 s, ... up to 60 s."""
+    tries = int(os.environ.get("THUMBWATCH_WORKER_RESTARTS", "0"))
+    delay = min(2 ** tries, 60)
+    logger.error("render host %s stopped unexpectedly (%s); starting it again in %d s", name, why, delay)
+    time.sleep(delay)
+    os.environ["THUMBWATCH_WORKER_RESTARTS"] = str(tries + 1)
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
