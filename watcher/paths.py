@@ -52,6 +52,7 @@ class PathRules:
         self.output_roots = tuple(self._output_root(root) for root in self.roots)
         self._folders: dict[str, FolderRules] = {}
         self._real_roots: dict[str, str] = {}
+        self._real_outputs: tuple[str, ...] | None = None
         self._followable_folders: dict[str, tuple[bool, float]] = {}
 
     def root_of(self, path: str) -> str | None:
@@ -106,7 +107,9 @@ class PathRules:
             real_root = self._real_root(root)
             if real == real_root or real.startswith(real_root + os.sep):
                 return True
-        return any(real == o or real.startswith(o + os.sep) for o in map(os.path.realpath, self.output_roots))
+        if self._real_outputs is None:
+            self._real_outputs = tuple(os.path.realpath(o) for o in self.output_roots)
+        return any(real == o or real.startswith(o + os.sep) for o in self._real_outputs)
 
     def names_photo(self, name: str) -> bool:
         """Does a file name match watch.patterns (whatever its folder)?"""

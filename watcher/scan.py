@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .admission import FAILED_BEFORE, FRESH, SETTLE
 from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 
 logger = logging.getLogger(__name__)
@@ -211,8 +212,6 @@ class Scanner(threading.Thread):
     def scan(self, what: str, tops: tuple[str, ...], rules: PathRules) -> ScanReport | None:
         """One walk; None if stopped half-way. A walk of every watched folder also sweeps
         orphans from the output trees."""
-        from .admission import FAILED_BEFORE, FRESH, SETTLE
-
         report = ScanReport(what)
         started = time.monotonic()
         since_ns = time.time_ns()
