@@ -207,6 +207,35 @@ def test_settling_waits_for_the_file_to_hold_still(master):
     assert taken(master) == [a]
 
 
+def test_a_new_file_waits_for_its_close_write_and_then_goes_at_once(master):
+    a = photo(master, "a.jpg")
+    master.admission.created(a)  # being written, as far as the master can tell
+    step(master, 1.0)
+    assert master.admission.where(a) == "settling" and taken(master) == []
+    master.admission.arrived(a)  # closed after writing: no need to wait out settle_seconds
+    step(master)
+    assert taken(master) == [a]
+
+
+def test_a_hard_link_goes_at_once_and_one_whose_other_name_is_gone_is_not_lost(master, tmp_path):
+    staged = tmp_path / "staged.jpg"
+    make_jpeg(staged)
+    linked = master.rules.roots[0] + "/linked.jpg"
+    os.link(staged, linked)
+    master.admission.created(linked)  # two names: complete, and no close-write will come
+    assert master.admission.where(linked) == "queued"
+
+    make_jpeg(staged := tmp_path / "staged2.jpg")
+    orphan = master.rules.roots[0] + "/orphan.jpg"
+    os.link(staged, orphan)
+    os.unlink(staged)  # `ln staged x.jpg; rm staged`, done before the master looked
+    master.admission.created(orphan)  # one name now: looks like a new file, never closed after writing
+    step(master, 1.0)
+    assert master.admission.where(orphan) == "settling"
+    step(master, 1.5)  # held still for settle_seconds: queued all the same
+    assert sorted(taken(master)) == sorted([linked, orphan])
+
+
 def test_a_failure_while_the_file_is_young_settles_quietly_instead_of_failing(master, caplog):
     a = photo(master, "a.jpg")
     master.admission.arrived(a)

@@ -305,6 +305,10 @@ def test_a_hard_link_made_while_running_gets_its_own_thumbnail_promptly(project,
     run("ln", project / "photos" / "a.jpg", project / "photos" / "b.jpg")
     run("ln", project / "photos" / "a.jpg", project / "photos" / "sub" / "c.jpg")
     quiet_and_truthful(daemon, project, timeout=5, context="ln a.jpg b.jpg and sub/c.jpg (no rescan configured): ")
+    make_flat_jpeg(staged := project / "staged.jpg", palette(8))
+    os.link(staged, project / "photos" / "d.jpg")
+    os.unlink(staged)  # publish by hard link: by the time the daemon looks, d.jpg has one name
+    quiet_and_truthful(daemon, project, timeout=5, context="ln staged.jpg photos/d.jpg; rm staged.jpg: ")
 
 
 # ---- symlinks ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ place at a time, and `where(path)` says which:
 
   queued     waiting in the job queue (live lane or scan lane; jobs.py)
   held       back from a worker that died, or waiting out an output block
-  settling   possibly still being written: queued once its size and mtime hold still
+  settling   possibly still being written: queued once its size and mtime hold still, or,
+             for a file just created, once it is closed after writing, whichever comes first
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
@@ -76,6 +77,7 @@ class Settling:
     size: int
     mtime_ns: int
     since: float
+    until_closed: bool = False  # just created: its close-write ends the wait (the settler is the fallback)
 
 
 class Granularity:
@@ -175,8 +177,11 @@ class Admission:
 
     def arrived(self, path: str) -> None:
         """Closed after writing, or moved in (the observer; master thread)."""
-        if path in self.settling:
-            return  # the settler queues it once it holds still
+        waiting = self.settling.get(path)
+        if waiting is not None:
+            if not waiting.until_closed:
+                return  # suspected of being written in bursts: the settler queues it once it holds still
+            del self.settling[path]
         if not self.queue.offer(path):
             logger.debug("queue full, %s will be found by the next rescan", shown(path))
 
@@ -197,10 +202,19 @@ class Admission:
             self.settling[path] = Settling(st.st_size, st.st_mtime_ns, self.clock())
 
     def created(self, path: str) -> None:
-        """A new name appeared without a write: a hard link (ln) needs no settling."""
+        """A new name appeared. A hard link (ln) is complete at once. Anything else is most likely
+        being written and its close-write will queue it; should none come, the settler does. That
+        covers the hard link whose other name was removed before we looked (`ln staged x.jpg;
+        rm staged`), which looks like a new file but will never be closed after writing."""
+        if path in self.settling or self.queue.lane_of(path):
+            return
         st = _stat(path)
-        if st is not None and st.st_nlink > 1 and st.st_size > 0:
+        if st is None:
+            return
+        if st.st_nlink > 1 and st.st_size > 0:
             self.arrived(path)
+        else:
+            self.settling[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed=True)
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under
@@ -377,7 +391,7 @@ class Admission:
             if st is None:
                 del self.settling[path]
             elif (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                self.settling[path] = Settling(st.st_size, st.st_mtime_ns, now)
+                self.settling[path] = replace(seen, size=st.st_size, mtime_ns=st.st_mtime_ns, since=now)
             elif now - seen.since >= quiet:
                 if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)):
                     del self.settling[path]
