@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = "redis-server is not installed (`make test` installs it as root; or apt-get install redis-server)"
+INSTALL_HINT = "redis-server is not installed (`make test-celery` installs it as root; or apt-get install redis-server)"
 
 
 class RedisServer:
