@@ -575,4 +575,8 @@ def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start
         lies = str(err).split("last log lines")[0]
         names = set(re.findall(r"(?:d\d+/)?p\d+\.", lies))  # a photo's name, with its folder's
         related = [op for op in done if any(re.search(rf"\b{re.escape(n)}", op) for n in names)]
-        raise AssertionError(f"{err}\nthe operations on those photos and their folders:\n    " + "\n    ".join(related[-40:])) from None
+        # The seed replays the operations, not the timing: keep everything this run did and said.
+        (project / "operations.txt").write_text("\n".join(done) + "\n")
+        (project / "daemon.log").write_text(daemon.text())
+        raise AssertionError(f"{err}\nthe operations on those photos and their folders:\n    " + "\n    ".join(related[-40:])
+                             + f"\nall operations and the whole log: {project}/operations.txt, daemon.log") from None
