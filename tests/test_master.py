@@ -16,6 +16,7 @@ import pytest
 
 from helpers import make_jpeg
 from watcher.config import parse
+from watcher.events import Notice
 from watcher.executor import Crashed, Failed, Job, Lost, OutputBlocked, Rendered, Returned, TimedOut, Vanished
 from watcher.service import Service
 
@@ -234,6 +235,41 @@ def test_a_hard_link_goes_at_once_and_one_whose_other_name_is_gone_is_not_lost(m
     assert master.admission.where(orphan) == "settling"
     step(master, 1.5)  # held still for settle_seconds: queued all the same
     assert sorted(taken(master)) == sorted([linked, orphan])
+
+
+def test_a_photo_in_flight_when_its_folder_is_renamed_is_looked_at_again_under_its_new_name(master):
+    root = master.rules.roots[0]
+    os.mkdir(root + "/trip")
+    a = photo(master, "trip/a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    assert taken(master) == [a]
+    os.rename(root + "/trip", root + "/trip-2024")
+    master.notices.append(Notice("dir-moved", root + "/trip", root + "/trip-2024"))
+    os.rename(root + "/trip-2024", root + "/trip-2025")  # and again, before the first outcome is in
+    master.notices.append(Notice("dir-moved", root + "/trip-2024", root + "/trip-2025"))
+    step(master)
+    master.executor.finish(a, Vanished, reason="vanished while being thumbnailed")  # the worker's check
+    step(master)
+    assert taken(master) == [root + "/trip-2025/a.jpg"]
+
+
+def test_a_renamed_folders_thumbnails_merge_into_a_thumbnail_folder_already_made_under_the_new_name(master):
+    root = master.rules.roots[0]
+    for name in ("a.jpg", "b.jpg"):
+        photo(master, "trip/" + name)
+    thumbs = {name: master.rules.targets(f"{root}/trip/{name}")[0].path for name in ("a.jpg", "b.jpg")}
+    for path in thumbs.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"old name")
+    os.rename(root + "/trip", root + "/trip-2024")
+    newer = Path(master.rules.targets(f"{root}/trip-2024/b.jpg")[0].path)
+    newer.parent.mkdir(parents=True)
+    newer.write_bytes(b"rendered under the new name")  # before the master heard of the rename
+    master.notices.append(Notice("dir-moved", root + "/trip", root + "/trip-2024"))
+    step(master)
+    assert sorted(os.listdir(newer.parent)) == ["a.jpg", "b.jpg"] and newer.read_bytes() == b"rendered under the new name"
+    assert not os.path.exists(os.path.dirname(thumbs["a.jpg"])), "the old thumbnail folder must not stay behind"
 
 
 def test_a_failure_while_the_file_is_young_settles_quietly_instead_of_failing(master, caplog):

@@ -342,6 +342,32 @@ def test_vanished_photo(tmp_path):
         run(tmp_path / "gone.jpg", tmp_path / "out")
 
 
+@pytest.mark.parametrize("photo_moved", [True, False], ids=["photo-folder-renamed", "only-thumbnails-moved"])
+def test_a_folder_moved_while_its_thumbnail_is_saved_strands_no_temp_file(tmp_path, monkeypatch, photo_moved):
+    """The master moves a thumbnail folder when its photos' folder is renamed; a worker may be
+    saving into it at that moment (injected here right after Pillow's save, the widest window)."""
+    src = make_jpeg(tmp_path / "trip" / "p.jpg")
+    out, moved = tmp_path / "thumbs" / "trip", tmp_path / "thumbs" / "trip-2024"
+    real_save = Image.Image.save
+
+    def save_then_move(self, fp, *args, **kw):
+        real_save(self, fp, *args, **kw)
+        if photo_moved:
+            os.rename(tmp_path / "trip", tmp_path / "trip-2024")
+        os.rename(out, moved)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_move)
+    settings = RenderSettings(OutputConfig(sizes=(size(),)), 200_000_000)
+    if photo_moved:
+        with pytest.raises(PhotoVanished):  # what was written goes: the master looks at trip-2024/p.jpg again
+            render(str(src), [Target(size(), str(out / "s.jpg"))], settings)
+        assert os.listdir(moved) == []
+    else:
+        render(str(src), [Target(size(), str(out / "s.jpg"))], settings)
+        assert os.listdir(moved) == ["s.jpg"] and not temp_files(tmp_path)  # landed in the folder, moved
+    assert not out.exists()
+
+
 def test_permission_denied(tmp_path, monkeypatch):
     src = make_jpeg(tmp_path / "p.jpg")
     src.chmod(0)

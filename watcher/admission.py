@@ -131,6 +131,7 @@ class Admission:
         self.settling: dict[str, Settling] = {}
         self.in_flight: dict[str, Job] = {}
         self.again: set[str] = set()  # in flight, and seen again meanwhile
+        self.moved: dict[str, str] = {}  # in flight when its folder was renamed: its name now
         self.block: OutputBlock | None = None
         self._ids = itertools.count(1)
 
@@ -230,6 +231,16 @@ class Admission:
             if removed:
                 logger.log(self._photo_level(), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
 
+    def folder_moved(self, src: str, dest: str) -> None:
+        """A folder renamed inside the tree: its photos in flight are looked at again under their
+        new names once their outcomes are in. Their thumbnails were written into the folder the
+        master was moving, or removed because the photo was no longer where it was read from."""
+        prefix = src + os.sep
+        for path in self.in_flight:
+            now = self.moved.get(path, path)
+            if now.startswith(prefix):
+                self.moved[path] = dest + now[len(src):]
+
     # ---- handing out work -------------------------------------------------------------------
 
     def next_job(self) -> Job | None:
@@ -294,6 +305,8 @@ class Admission:
             if job.path in self.again:
                 self.again.discard(job.path)
                 self.queue.offer(job.path)  # seen again while it was rendered: look once more
+            if job.path in self.moved:
+                self.queue.offer(self.moved.pop(job.path))
         if self.block is not None and not isinstance(outcome, (OutputBlocked, Returned, Lost)):
             self._output_ok()
         match outcome:

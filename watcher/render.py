@@ -108,20 +108,25 @@ Image.MAX_IMAGE_PIXELS = None
 
 def render(src: str, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:
     fd = _open(src)
-    with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
-        # Pillow warns about corrupt EXIF and the like on stderr; what matters becomes a RenderError
-        warnings.simplefilter("ignore")
-        st = os.fstat(f.fileno())
-        try:
-            result = _render(f, src, st, targets, settings)
-        except RenderError as err:
-            if type(err) is RenderError and settings.output.style == "freedesktop":
-                freedesktop.record_failure(src, st, __version__)
-            raise
-    if settings.output.style == "freedesktop":
-        freedesktop.forget_failure(src, __version__)
-    _check_unchanged(src, st, result)
-    return result
+    written: list[tuple[int, str]] = []  # each thumbnail written: its folder (open) and name
+    try:
+        with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
+            # Pillow warns about corrupt EXIF and the like on stderr; what matters becomes a RenderError
+            warnings.simplefilter("ignore")
+            st = os.fstat(f.fileno())
+            try:
+                result = _render(f, src, st, targets, settings, written)
+            except RenderError as err:
+                if type(err) is RenderError and settings.output.style == "freedesktop":
+                    freedesktop.record_failure(src, st, __version__)
+                raise
+        if settings.output.style == "freedesktop":
+            freedesktop.forget_failure(src, __version__)
+        _check_unchanged(src, st, written)
+        return result
+    finally:
+        for dir_fd, _name in written:
+            os.close(dir_fd)
 
 
 def _open(src: str) -> int:
@@ -143,20 +148,21 @@ def _open(src: str) -> int:
     return fd
 
 
-def _check_unchanged(src: str, opened: os.stat_result, result: RenderResult) -> None:
-    """A photo deleted, replaced or rewritten while we worked must not keep the thumbnails we
-    just wrote: they show what was there before, and carry a stamp that could pass for the
-    new file's (a replacement with the same mtime: tar x, cp -p). Its own event, or the
-    master, renders it again."""
+def _check_unchanged(src: str, opened: os.stat_result, written: list[tuple[int, str]]) -> None:
+    """A photo deleted, replaced, rewritten or moved while we worked must not keep the
+    thumbnails we just wrote: they show what was there before, and carry a stamp that could
+    pass for the new file's (a replacement with the same mtime: tar x, cp -p), or sit where no
+    photo is. Removed from the folder they were written to, wherever it is now. Its own
+    event, or the master, looks at the photo again."""
     try:
         now = os.stat(src)
     except OSError:
         now = None
     if now is not None and (now.st_dev, now.st_ino, now.st_ctime_ns) == (opened.st_dev, opened.st_ino, opened.st_ctime_ns):
         return
-    for path, _w, _h in result.outputs:
+    for dir_fd, name in written:
         try:
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
     if now is None:
@@ -164,7 +170,8 @@ def _check_unchanged(src: str, opened: os.stat_result, result: RenderResult) -> 
     raise PhotoChanged("changed while being thumbnailed")
 
 
-def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings: RenderSettings) -> RenderResult:
+def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings: RenderSettings,
+            written: list[tuple[int, str]]) -> RenderResult:
     if st.st_size == 0:
         raise RenderError("empty file (0 bytes)")
     head = _read_head(f)
@@ -180,13 +187,13 @@ def _render(f, src: str, st: os.stat_result, targets: Sequence[Target], settings
     except _PHOTO_ERRORS as err:
         raise RenderError(_reason(err, kind, f)) from None
     try:
-        return _thumbnails(im, kind, f, src, st, targets, settings)
+        return _thumbnails(im, kind, f, src, st, targets, settings, written)
     finally:
         im.close()
 
 
 def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_result, targets: Sequence[Target],
-                settings: RenderSettings) -> RenderResult:
+                settings: RenderSettings, written: list[tuple[int, str]]) -> RenderResult:
     output = settings.output
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -247,7 +254,7 @@ def _thumbnails(im: Image.Image, kind: str | None, f, src: str, st: os.stat_resu
         if not plan.upscaled:
             made.append(scaled)
         thumb = scaled.crop(plan.box) if plan.box is not None else scaled
-        _write(thumb, plan.target, output, st, metadata, fd_info)
+        written.append(_write(thumb, plan.target, output, st, metadata, fd_info))
         outputs.append((plan.target.path, thumb.width, thumb.height))
     order = {t.path: i for i, t in enumerate(targets)}
     outputs.sort(key=lambda o: order[o[0]])
@@ -656,34 +663,40 @@ def _save_params(thumb: Image.Image, spec: SizeSpec, output: OutputConfig, meta:
 
 
 def _write(thumb: Image.Image, target: Target, output: OutputConfig, st: os.stat_result, meta: _Metadata,
-           fd_info: PngImagePlugin.PngInfo | None) -> None:
+           fd_info: PngImagePlugin.PngInfo | None) -> tuple[int, str]:
+    """Write one thumbnail by temp file and rename. Returns its folder, open, and its name."""
     thumb, params = _save_params(thumb, target.size, output, meta, fd_info)
     private = output.style == "freedesktop"
     too_long = _too_long(target.path, " for the output file system")
     if too_long:
         raise RenderError(too_long)  # this photo's thumbnail can't exist; the others can
-    temp = temp_path_for(target.path)
-    folder = os.path.dirname(target.path)
-    created = False
+    folder, name = os.path.split(target.path)
+    temp = os.path.basename(temp_path_for(target.path))
+    dir_fd, created = -1, False
     try:
         if private:
             freedesktop.ensure_dir(folder)
         else:
             os.makedirs(folder, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600 if private else 0o666)
+        # From here on relative to the folder itself, not its path: when the master moves it
+        # meanwhile (its photos' folder was renamed), the thumbnail lands in it all the same and
+        # no temp file is stranded under a name nobody will rename.
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600 if private else 0o666, dir_fd=dir_fd)
         created = True
         with os.fdopen(fd, "wb") as out:
             thumb.save(out, format=target.size.format.upper(), **params)
-        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(temp, target.path)
+        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return dir_fd, name
     except OSError as err:
-        _discard(temp, created)
+        _discard(temp, created, dir_fd)
         if err.errno == errno.ENAMETOOLONG:  # a file system with shorter names than NAME_MAX
             raise RenderError(f"name too long for the output file system: {target.path}") from None
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise OutputError(f"cannot write {target.path}: {reason}", err.errno) from None
     except BaseException:
-        _discard(temp, created)
+        _discard(temp, created, dir_fd)
         raise
 
 
@@ -697,9 +710,11 @@ def _too_long(path: str, where: str) -> str:
     return "cannot open: file name too long" if not where else ""
 
 
-def _discard(temp: str, created: bool) -> None:
+def _discard(temp: str, created: bool, dir_fd: int) -> None:
     if created:
         try:
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=dir_fd)
         except OSError:
             pass
+    if dir_fd >= 0:
+        os.close(dir_fd)

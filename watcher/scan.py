@@ -147,6 +147,36 @@ def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_n
     return removed
 
 
+def carry_thumbnails(before: str, after: str) -> None:
+    """Move a thumbnail folder along with its photos' folder, renamed. When `after` exists
+    already (a photo was rendered under the new name before the master heard of the rename),
+    the two are merged: what is in `after` is the newer and stays, the rest moves over. A
+    worker's temp file stays where its worker will look for it."""
+    try:
+        os.makedirs(os.path.dirname(after), exist_ok=True)
+        os.rename(before, after)
+        return
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            logger.debug("could not move thumbnails %s -> %s: %s", before, after, err)
+            return
+    for folder, _dirs, files in os.walk(before, topdown=False):
+        into = os.path.normpath(os.path.join(after, os.path.relpath(folder, before)))
+        try:
+            os.makedirs(into, exist_ok=True)
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                old, new = os.path.join(folder, name), os.path.join(into, name)
+                if os.path.lexists(new):
+                    os.unlink(old)
+                else:
+                    os.rename(old, new)
+            os.rmdir(folder)
+        except OSError as err:
+            logger.debug("could not move thumbnails %s -> %s: %s", folder, into, err)
+
+
 @dataclass
 class ScanReport:
     what: str

@@ -27,7 +27,7 @@ from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
 from .render import RenderSettings
-from .scan import Scanner, ScanReport, remove_stale_temps, sweep_orphans
+from .scan import Scanner, ScanReport, carry_thumbnails, remove_stale_temps, sweep_orphans
 from .state import STATUS, FailureStore, write_json_atomic
 from .systemd import Notifier
 from .watching import Watching
@@ -255,15 +255,12 @@ class Service:
         if not dest or not self.rules.followable(dest):
             self._folder_gone(src)
             return
+        self.admission.folder_moved(src, dest)
         if self.config.output.style != "freedesktop":
             old, new = self.rules.folder(src), self.rules.folder(dest)
             for (_size, before), (_same, after) in zip(old.bases, new.bases):
-                if before != after and os.path.isdir(before) and not os.path.exists(after):
-                    try:
-                        os.makedirs(os.path.dirname(after), exist_ok=True)
-                        os.rename(before, after)
-                    except OSError as err:
-                        logger.debug("could not move thumbnails %s -> %s: %s", before, after, err)
+                if before != after and os.path.isdir(before):
+                    carry_thumbnails(before, after)
         self.rescan("new folder", (dest,))
 
     def _folder_gone(self, folder: str) -> None:
