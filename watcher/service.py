@@ -139,8 +139,8 @@ class Service:
         if not self.one_shot:
             self.watching.start()
         renderers = "render hosts" if cfg.workers.backend == "celery" else f"{cfg.workers.count} workers"
+        self._write_status("running", force=True)  # first: whoever reads "ready" can ask for the status
         logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), renderers, " (one-shot scan)" if self.one_shot else "")
-        self._write_status("running", force=True)
         self.notifier.ready(self._status_line())
         self.rescan("catch-up", self.rules.roots)
 
