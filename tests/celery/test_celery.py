@@ -279,9 +279,15 @@ def test_a_render_host_killed_mid_burst_loses_nothing(cfg, workers, masters, tmp
     client = redis.Redis.from_url(redis_url)
 
     def w2_holds_a_task() -> bool:
+        """Frozen (SIGSTOP) while it holds a photo whose outcome it has not sent: the key goes
+        with the outcome, in one pipeline. Checked unfrozen, it could finish before the kill."""
         m.step(0.01)
+        os.killpg(w2.pid, signal.SIGSTOP)
         pids = session_pids(w2)
-        return any(int(v.split()[1]) in pids for v in map(client.get, client.scan_iter(match=f"tw:q{os.getpid()}:inhand:*")) if v)
+        if any(int(v.split()[1]) in pids for v in map(client.get, client.scan_iter(match=f"tw:q{os.getpid()}:inhand:*")) if v):
+            return True
+        os.killpg(w2.pid, signal.SIGCONT)
+        return False
 
     wait_for(w2_holds_a_task, timeout=30, interval=0, message="w2 rendering a task")
     workers.kill_group("w2")  # the whole host: its main process and its pool child, at once
