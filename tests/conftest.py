@@ -38,7 +38,8 @@ log:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "photos").mkdir()
-    write_config(tmp_path / "config.yaml", BASE_CONFIG.format(level="info"))
+    # THUMBWATCH_TEST_LOG=debug: every daemon a test starts logs at debug level (to chase a race)
+    write_config(tmp_path / "config.yaml", BASE_CONFIG.format(level=os.environ.get("THUMBWATCH_TEST_LOG", "info")))
     return tmp_path
 
 

@@ -17,6 +17,7 @@ import pytest
 from helpers import make_jpeg
 from watcher.config import parse
 from watcher.events import Notice
+from watcher.scan import Scanner
 from watcher.executor import Crashed, Failed, Job, Lost, OutputBlocked, Rendered, Returned, TimedOut, Vanished
 from watcher.service import Service
 
@@ -270,6 +271,18 @@ def test_a_renamed_folders_thumbnails_merge_into_a_thumbnail_folder_already_made
     step(master)
     assert sorted(os.listdir(newer.parent)) == ["a.jpg", "b.jpg"] and newer.read_bytes() == b"rendered under the new name"
     assert not os.path.exists(os.path.dirname(thumbs["a.jpg"])), "the old thumbnail folder must not stay behind"
+
+
+def test_a_walk_of_one_folder_sweeps_the_thumbnails_of_photos_not_in_it_and_nothing_else(master):
+    root = master.rules.roots[0]
+    photo(master, "trip/a.jpg")
+    thumbs = {name: Path(master.rules.targets(f"{root}/{name}")[0].path) for name in ("trip/a.jpg", "trip/b.jpg", "other/c.jpg")}
+    for path in thumbs.values():  # b.jpg and c.jpg are not there: their thumbnails are orphans
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"thumb")
+    report = Scanner(master.admission, lambda path: None, lambda report: None).scan("new folder", (root + "/trip",), master.rules)
+    assert report.orphans == 1 and not thumbs["trip/b.jpg"].exists()
+    assert thumbs["trip/a.jpg"].exists() and thumbs["other/c.jpg"].exists(), "only the walked folder's thumbnails are judged"
 
 
 def test_a_failure_while_the_file_is_young_settles_quietly_instead_of_failing(master, caplog):

@@ -487,7 +487,10 @@ def test_a_size_removed_by_a_reload_loses_its_thumbnails_at_the_next_reconciliat
 # ---- everything at once ------------------------------------------------------------------------
 
 
-def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start_daemon):
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start_daemon, observer):
+    if observer == "polling":  # what a network file system gets (observer: auto picks it there)
+        edit_config(project, "  settle_seconds: 0.3", "  settle_seconds: 0.3\n  observer: polling\n  poll_interval: 0.2")
     seed = int(os.environ.get("THUMBWATCH_TRUTH_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     root, outside = project / "photos", project / "outside"

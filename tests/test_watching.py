@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from watcher.watching import network_fs
+from watchdog.utils.dirsnapshot import DirectorySnapshot
+
+from helpers import make_jpeg
+from watcher.config import parse
+from watcher.paths import PathRules
+from watcher.watching import Watching, network_fs
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime - ext4 /dev/vda1 rw
@@ -28,3 +33,21 @@ def test_network_file_systems_are_found_by_the_longest_mount_point(tmp_path):
 
 def test_this_machines_own_folders_are_local(tmp_path):
     assert network_fs(str(tmp_path)) is None
+
+
+
+def test_the_polling_observer_does_not_see_our_output_tree(tmp_path):
+    """Our own thumbnails are churn a poll need not pay for, and their freed inode numbers, reused
+    by new photos, would pair up with them as false moves (a folder of thumbnails "moved" to a
+    photo, which then was never rendered)."""
+    root = tmp_path / "photos"
+    (root / "thumbs" / "trip").mkdir(parents=True)
+    (root / "trip").mkdir()
+    config = parse({"watch": {"paths": ["photos"], "observer": "polling"},
+                    "output": {"sizes": [{"name": "small", "width": 64, "height": 64}]}},
+                   file=tmp_path / "config.yaml", base_dir=tmp_path)
+    for path in (root / "thumbs" / "trip" / "a.jpg", root / "trip" / "a.jpg"):
+        make_jpeg(path)
+    watching = Watching(config, PathRules(config), lambda notice: None, lambda what, tops: None)
+    seen = DirectorySnapshot(str(root), listdir=watching._polled_entries).paths  # what each poll compares
+    assert seen == {str(root), str(root / "trip"), str(root / "trip" / "a.jpg")}

@@ -46,6 +46,10 @@ class Notice:
     kind: str
     path: str
     dest: str = ""
+    # From a polling observer, whose every poll reports each file of a new or renamed folder
+    # itself: the master need not walk it (a walk would find states the poll never saw, whose
+    # thumbnails it would then never hear of again).
+    polled: bool = False
 
 
 # What the handler acts on under inotify. Passed as the watch's event filter, it also narrows
@@ -82,7 +86,7 @@ class PhotoEventHandler(FileSystemEventHandler):
             if rules.wants(src):
                 self.notify(Notice("settle" if self.polling else "created", src))
             elif rules.config.watch.follow_symlinks and rules.wants_dir(src):
-                self.notify(Notice("link", src))  # perhaps a symlink to a folder: the master looks
+                self.notify(Notice("link", src, polled=self.polling))  # perhaps a symlink to a folder: the master looks
         elif isinstance(event, FileModifiedEvent):
             if self.polling and rules.wants(src):
                 self.notify(Notice("settle", src))
@@ -91,14 +95,14 @@ class PhotoEventHandler(FileSystemEventHandler):
                 self.notify(Notice("deleted", src))
         elif isinstance(event, DirCreatedEvent):
             if rules.wants_dir(src):
-                self.notify(Notice("new-dir", src))
+                self.notify(Notice("new-dir", src, polled=self.polling))
         elif isinstance(event, DirMovedEvent):
             dest = _text(event.dest_path)
             inside = dest and rules.wants_dir(dest)
             if src and rules.root_of(src) is not None and src not in rules.roots:
-                self.notify(Notice("dir-moved", src, dest if inside else ""))
+                self.notify(Notice("dir-moved", src, dest if inside else "", polled=self.polling))
             elif inside:
-                self.notify(Notice("new-dir", dest))
+                self.notify(Notice("new-dir", dest, polled=self.polling))
         elif isinstance(event, DirDeletedEvent):
             if rules.root_of(src) is not None:
                 self.notify(Notice("dir-deleted", src))

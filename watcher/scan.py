@@ -240,19 +240,26 @@ class Scanner(threading.Thread):
                     self.busy = False
 
     def scan(self, what: str, tops: tuple[str, ...], rules: PathRules) -> ScanReport | None:
-        """One walk; None if stopped half-way. A walk of every watched folder also sweeps
-        orphans from the output trees."""
+        """One walk; None if stopped half-way. It also sweeps orphans from the thumbnails of what
+        it walked: the whole output trees after a walk of every watched folder, a folder's own
+        thumbnail folders after a walk of that folder (one renamed into place may bring
+        thumbnails of photos that are not in it: a polling observer pairs moves by inode
+        number, and can pair the wrong ones)."""
         report = ScanReport(what)
         started = time.monotonic()
         since_ns = time.time_ns()
-        whole = set(tops) == set(rules.roots) and rules.sweepable()
+        sweep = rules.sweepable()
+        if set(tops) == set(rules.roots):
+            sweep_tops = list(rules.output_roots)
+        else:
+            sweep_tops = [base for top in tops if top not in rules.roots for _size, base in rules.folder(top).bases]
         expected: set[str] = set()
         for top in tops:
             for photo, st, targets in walk(rules, top):
                 if self.stop_event.is_set():
                     return None
                 report.found += 1
-                if whole:
+                if sweep:
                     expected.update(t.path for t in targets)
                 verdict = self.admission.verdict(photo, st, targets)
                 if verdict == FAILED_BEFORE:
@@ -264,7 +271,7 @@ class Scanner(threading.Thread):
                     self.settle(photo)
                 elif self.admission.scanned(photo, self.stop_event):
                     report.queued += 1
-        if whole:
-            report.orphans = sweep_orphans(rules, [o for o in rules.output_roots if os.path.isdir(o)], expected, since_ns)
+        if sweep:
+            report.orphans = sweep_orphans(rules, [o for o in sweep_tops if os.path.isdir(o)], expected, since_ns)
         report.seconds = time.monotonic() - started
         return report

@@ -228,8 +228,11 @@ class Service:
 
     def _handle_notices(self) -> None:
         admission = self.admission
+        debug = logger.isEnabledFor(logging.DEBUG)
         while self.notices:
             notice = self.notices.popleft()
+            if debug:
+                logger.debug("notice: %s %s%s", notice.kind, shown(notice.path), f" -> {shown(notice.dest)}" if notice.dest else "")
             match notice.kind:
                 case "arrived":
                     admission.arrived(notice.path)
@@ -240,20 +243,27 @@ class Service:
                 case "deleted":
                     admission.deleted(notice.path)
                 case "new-dir":
-                    self.rescan("new folder", (notice.path,))
+                    if not notice.polled:
+                        self.rescan("new folder", (notice.path,))
                 case "link":
-                    if os.path.isdir(notice.path) and self.rules.followable(notice.path):
+                    if not notice.polled and os.path.isdir(notice.path) and self.rules.followable(notice.path):
                         self.rescan("new folder", (notice.path,))
                 case "dir-moved":
-                    self._folder_moved(notice.path, notice.dest)
+                    self._folder_moved(notice.path, notice.dest, walk=not notice.polled)
                 case "dir-deleted":
                     self._folder_gone(notice.path)
 
-    def _folder_moved(self, src: str, dest: str) -> None:
+    def _folder_moved(self, src: str, dest: str, walk: bool = True) -> None:
         """A folder renamed inside the tree takes its thumbnails along (its photos keep their
         identity, so nothing is rendered again); moved out, its thumbnails go."""
         if not dest or not self.rules.followable(dest):
             self._folder_gone(src)
+            return
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            # a poll paired a folder that went with a new file that got its inode number
+            self._folder_gone(src)
+            if self.rules.wants(dest):
+                self.admission.settle(dest)
             return
         self.admission.folder_moved(src, dest)
         if self.config.output.style != "freedesktop":
@@ -261,7 +271,8 @@ class Service:
             for (_size, before), (_same, after) in zip(old.bases, new.bases):
                 if before != after and os.path.isdir(before):
                     carry_thumbnails(before, after)
-        self.rescan("new folder", (dest,))
+        if walk:
+            self.rescan("new folder", (dest,))
 
     def _folder_gone(self, folder: str) -> None:
         if folder in self.rules.roots:

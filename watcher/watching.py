@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from .config import Config
 from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
@@ -37,7 +37,7 @@ class Watching:
         self.notice = notice
         self.rescan = rescan
         self.inotify: InotifyObserver | None = None
-        self.polling: PollingObserver | None = None
+        self.polling: PollingObserverVFS | None = None
         self.watches: dict[str, tuple[object, object]] = {}
         self.polled_below: dict[str, object] = {}  # subfolders inotify could not watch (the watch limit)
         self.unwatchable: list[str] = []  # reported by the observer thread, handled by check()
@@ -67,12 +67,20 @@ class Watching:
     def _handler(self, polling: bool) -> PhotoEventHandler:
         return PhotoEventHandler(lambda: self.rules, self.notice, polling=polling)
 
-    def _polling_observer(self) -> PollingObserver:
+    def _polling_observer(self) -> PollingObserverVFS:
         if self.polling is None:
-            self.polling = PollingObserver(timeout=self.config.watch.poll_interval)
+            self.polling = PollingObserverVFS(os.stat, self._polled_entries, polling_interval=self.config.watch.poll_interval)
             self.polling.name = "thumbwatch-polling"
             self.polling.start()
         return self.polling
+
+    def _polled_entries(self, folder: str) -> list[os.DirEntry]:
+        """What a poll sees of a folder: everything but our output trees. Their churn is ours
+        (polling it would double a poll's work), and their files and folders, removed and their
+        inode numbers reused, would pair up with new photos as false moves."""
+        rules = self.rules
+        with os.scandir(folder) as entries:
+            return [entry for entry in entries if not rules.is_output(entry.path)]
 
     def watch(self, root: str) -> None:
         if not os.path.isdir(root):
