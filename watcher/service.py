@@ -255,7 +255,9 @@ class Service:
 
     def _folder_moved(self, src: str, dest: str, walk: bool = True) -> None:
         """A folder renamed inside the tree takes its thumbnails along (its photos keep their
-        identity, so nothing is rendered again); moved out, its thumbnails go."""
+        identity, so nothing is rendered again; photos in flight are looked at again under their
+        new names); moved out, its thumbnails go. `walk`: look through it for photos the events
+        did not name (not after a poll, which names every one)."""
         if not dest or not self.rules.followable(dest):
             self._folder_gone(src)
             return
