@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from watcher.worker import keep_freed_memory
+from watcher.backends.local.worker import keep_freed_memory
 
 from . import corpus, methods
 from watcher.config import OutputConfig, SizeSpec
@@ -322,7 +322,7 @@ def bench_preview(n: int, repeats: int, results: dict) -> None:
     """
     from PIL import ImageChops, ImageFilter, ImageOps, ImageStat
 
-    from watcher import preview
+    from watcher.render import preview
 
     paths = corpus.preview_set(n)
     out = WORK.parent / "out-preview"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageStat
 
-from watcher import preview
+from watcher.render import preview
 from watcher.config import OutputConfig, SizeSpec
 from watcher.paths import Target
 from watcher.render import RenderSettings, render

@@ -17,7 +17,7 @@ from helpers import corner_colour, is_blue, is_red
 from imagegen import jpeg_bytes, jpeg_with_previews
 from watcher.config import ConfigError, OutputConfig, SizeSpec, load
 from watcher.paths import Target
-from watcher.preview import find
+from watcher.render.preview import find
 from watcher.render import RenderSettings, render
 
 W, H = 2400, 1800

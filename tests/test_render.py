@@ -372,7 +372,7 @@ def test_permission_denied(tmp_path, monkeypatch):
     src = make_jpeg(tmp_path / "p.jpg")
     src.chmod(0)
     if os.access(src, os.R_OK):  # root reads anything: force the error it would get
-        import watcher.render as render_module
+        import watcher.render.pipeline as render_module
 
         real_open = os.open
 

@@ -27,14 +27,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .config import Config
 from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
 from .jobs import JobQueue
-from .paths import TEMP_PREFIX, PathRules, Target, shown
+from .paths import PathRules, Target, shown
 from .state import FailureStore
+from .thumbtree import fresh, remove_thumbnails
 
 logger = logging.getLogger("watcher")
 
@@ -78,42 +79,6 @@ class Settling:
     mtime_ns: int
     since: float
     until_closed: bool = False  # just created: its close-write ends the wait (the settler is the fallback)
-
-
-class Granularity:
-    """How finely the file system holding a thumbnail keeps mtimes (FAT: 2 s; most: 1 ns),
-    found once per device by stamping a probe file with a time no coarse clock can hold."""
-
-    PROBE_NS = 1_000_000_001_999_999_999  # an odd second, 999,999,999 ns into it
-    STEPS = (1, 1_000, 1_000_000, 10_000_000, 1_000_000_000, 2_000_000_000)
-
-    def __init__(self) -> None:
-        self._by_dev: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def of(self, folder: str, dev: int) -> int:
-        step = self._by_dev.get(dev)
-        if step is None:
-            step = self._probe(folder)
-            with self._lock:
-                self._by_dev[dev] = step
-        return step
-
-    def _probe(self, folder: str) -> int:
-        probe = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-mtime-probe.tmp")
-        try:
-            with open(probe, "wb"):
-                pass
-            os.utime(probe, ns=(self.PROBE_NS, self.PROBE_NS))
-            error = abs(os.stat(probe).st_mtime_ns - self.PROBE_NS)
-        except OSError:
-            return 1
-        finally:
-            try:
-                os.unlink(probe)
-            except OSError:
-                pass
-        return next((step for step in self.STEPS if error < step), error + 1)
 
 
 class Admission:
@@ -419,36 +384,6 @@ class Admission:
         if root and output.startswith(root + os.sep):
             return output[len(root) + 1 :]
         return output
-
-
-GRANULARITY = Granularity()
-
-
-def fresh(st: os.stat_result, targets: Sequence[Target]) -> bool:
-    """Do these thumbnails show the photo whose stat is `st`? The one freshness rule (see the
-    module's docstring), for the master and for render hosts alike."""
-    if not targets:
-        return False
-    for target in targets:
-        try:
-            thumb = os.stat(target.path)
-        except OSError:
-            return False
-        step = 1 if thumb.st_mtime_ns == st.st_mtime_ns else GRANULARITY.of(os.path.dirname(target.path), thumb.st_dev)
-        if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= step or thumb.st_ctime_ns + step <= st.st_ctime_ns:
-            return False
-    return True
-
-
-def remove_thumbnails(targets: tuple[Target, ...]) -> int:
-    removed = 0
-    for target in targets:
-        try:
-            os.unlink(target.path)
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def _stat(path: str) -> os.stat_result | None:

@@ -189,7 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from . import logsetup
 
     logsetup.configure(config.log)
-    from .celery_backend import worker_main
+    from .backends.celery.backend import worker_main
 
     return worker_main(config, args.name)
 
@@ -222,7 +222,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         cleared = store.clear()
     store.save(force=True)
     if config.workers.backend == "celery":
-        from .celery_backend import forget
+        from .backends.celery.backend import forget
 
         forget(config, [os.path.abspath(p) for p in args.paths] or None)  # their dedupe keys too
     pid = instance.running_pid(config.state.dir)

@@ -19,13 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .admission import FAILED_BEFORE, FRESH, SETTLE
-from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
+from .paths import PathRules, Target, shown
+from .thumbtree import sweep_orphans
 
 logger = logging.getLogger(__name__)
-
-# What an output file of ours can be called: the extensions we write.
-OUR_EXTS = tuple(set(FORMAT_EXT.values()) | set(JPEG_EXTS))
-
 
 def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tuple[Target, ...]]]:
     """Every wanted photo below `top` (a watched root or a folder inside one), with its stat and
@@ -78,103 +75,6 @@ def _first_visit(rules: PathRules, entry: os.DirEntry, seen: set[tuple[int, int]
         return False
     seen.add(key)
     return not entry.is_symlink() or rules.followable(entry.path)
-
-
-def remove_stale_temps(rules: PathRules) -> int:
-    """Temp outputs left by a crashed or killed process of this host: ours by name, and named
-    by a pid that no longer runs. Other render hosts' temps on shared storage, and those of
-    live processes here (a `thumbwatch worker` beside the watcher), are not ours to remove."""
-    removed = 0
-    for top in rules.temp_dirs():
-        for folder, _dirs, files in os.walk(top):
-            for name in files:
-                if not is_this_hosts_temp(name) or _writer_alive(name):
-                    continue
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _writer_alive(temp_name: str) -> bool:
-    """Is the process named in a temp name still running? A zombie (killed, not yet reaped) is
-    not: its temp file is a leftover."""
-    pid = temp_name[len(TEMP_PREFIX) :].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def could_be_ours(rules: PathRules, name: str) -> bool:
-    """Is `name` one we would give a thumbnail: a photo's own name, or a photo's name with the
-    extension of an output format added (x.jpeg.png)?"""
-    if name.startswith(".") or not name.lower().endswith(OUR_EXTS):
-        return False
-    stem, _ext = os.path.splitext(name)
-    return rules.names_photo(name) or rules.names_photo(stem)
-
-
-def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_ns: int) -> int:
-    """Remove files of ours below `tops` (output folders) that are not in `expected`, then the
-    folders that leaves empty (not the tops). A file written after `since_ns` (ctime) is a
-    thumbnail of a photo that arrived during the walk: kept."""
-    removed = 0
-    for top in tops:
-        for folder, _dirs, files in os.walk(top, topdown=False):
-            for name in files:
-                path = os.path.join(folder, name)
-                if path in expected or not could_be_ours(rules, name):
-                    continue
-                try:
-                    if os.lstat(path).st_ctime_ns >= since_ns:
-                        continue
-                    os.unlink(path)
-                    removed += 1
-                except OSError:
-                    continue
-            if folder != top:
-                try:
-                    os.rmdir(folder)  # only succeeds when empty
-                except OSError:
-                    pass
-    return removed
-
-
-def carry_thumbnails(before: str, after: str) -> None:
-    """Move a thumbnail folder along with its photos' folder, renamed. When `after` exists
-    already (a photo was rendered under the new name before the master heard of the rename),
-    the two are merged: what is in `after` is the newer and stays, the rest moves over. A
-    worker's temp file stays where its worker will look for it."""
-    try:
-        os.makedirs(os.path.dirname(after), exist_ok=True)
-        os.rename(before, after)
-        return
-    except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            logger.debug("could not move thumbnails %s -> %s: %s", before, after, err)
-            return
-    for folder, _dirs, files in os.walk(before, topdown=False):
-        into = os.path.normpath(os.path.join(after, os.path.relpath(folder, before)))
-        try:
-            os.makedirs(into, exist_ok=True)
-            for name in files:
-                if name.startswith(TEMP_PREFIX):
-                    continue
-                old, new = os.path.join(folder, name), os.path.join(into, name)
-                if os.path.lexists(new):
-                    os.unlink(old)
-                else:
-                    os.rename(old, new)
-            os.rmdir(folder)
-        except OSError as err:
-            logger.debug("could not move thumbnails %s -> %s: %s", folder, into, err)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The supervisor: start order, the step() loop, signals, reload, drain, status.
 
 What to render is admission's business (admission.py), rendering is the executor's (pool.py
-locally, celery_backend.py for render hosts); this module only runs the loop that connects
+locally, backends/celery for render hosts); this module only runs the loop that connects
 them. Start order: state → executor (workers spawned before any thread of ours) → observers →
 ready → catch-up scan. Signal handlers only record the signal; step() reads it and calls the
 one handler for that signal. step() waits on the executor's waitables and a wake-up pipe, so
@@ -27,7 +27,8 @@ from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
 from .render import RenderSettings
-from .scan import Scanner, ScanReport, carry_thumbnails, remove_stale_temps, sweep_orphans
+from .scan import Scanner, ScanReport
+from .thumbtree import carry_thumbnails, remove_stale_temps, sweep_orphans
 from .state import STATUS, FailureStore, write_json_atomic
 from .systemd import Notifier
 from .watching import Watching
@@ -40,10 +41,10 @@ STATUS_EVERY = 2.0
 
 def make_executor(config: Config) -> Executor:
     if config.workers.backend == "celery":
-        from .celery_backend import CeleryExecutor
+        from .backends.celery.backend import CeleryExecutor
 
         return CeleryExecutor(config)
-    from .pool import LocalPool
+    from .backends.local.pool import LocalPool
 
     return LocalPool(config.workers.count, memory_mb=config.limits.worker_memory_mb, photo_timeout=config.limits.photo_timeout)
 

@@ -119,7 +119,7 @@ class Master:
     """A CeleryExecutor driven exactly as executor.py's loop shows."""
 
     def __init__(self, config_path: Path):
-        from watcher.celery_backend import CeleryExecutor
+        from watcher.backends.celery.backend import CeleryExecutor
 
         self.config = load(config_path, base_dir=config_path.parent)
         self.rules = PathRules(self.config)
@@ -304,7 +304,7 @@ def test_a_render_host_killed_mid_burst_loses_nothing(cfg, workers, masters, tmp
 
 def test_a_render_host_start_removes_only_the_temps_of_its_own_dead_processes(cfg, tmp_path):
     from watcher.paths import PathRules, temp_path_for
-    from watcher.scan import remove_stale_temps
+    from watcher.thumbtree import remove_stale_temps
 
     config = load(cfg(), base_dir=tmp_path)
     thumbs = tmp_path / "photos" / "thumbs" / "sub"
@@ -352,7 +352,7 @@ def test_a_photo_that_keeps_killing_its_worker_is_failed_after_max_retries(cfg, 
     m.add(good)
     client = redis.Redis.from_url(redis_url)
     prefix = f"tw:q{os.getpid()}:"
-    from watcher.celery_backend import photo_key
+    from watcher.backends.celery.backend import photo_key
 
     key = photo_key(poison_job.path, poison_job.size, poison_job.mtime_ns, poison_job.ino)
     kills = 0
@@ -443,7 +443,7 @@ def test_a_failed_publish_while_the_outcome_stream_is_fine_is_retried_not_stuck(
         return real_send(*args, **kwargs)
 
     m.executor.app.send_task = send_once_refused
-    caplog.set_level(logging.INFO, logger="watcher.celery_backend")
+    caplog.set_level(logging.INFO, logger="watcher.backends.celery.backend")
     jobs = m.add(photos(tmp_path / "photos", 10))
     m.run_until_done(len(jobs), timeout=20)
     assert failures and all(isinstance(o, Rendered) for o in m.outcomes)

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from . import logsetup, messages as msg
-from .executor import Crashed, ExecutorBroken, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
-from .paths import temp_path_for
+from ... import logsetup
+from . import messages as msg
+from ...executor import Crashed, ExecutorBroken, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
+from ...paths import temp_path_for
 from .worker import STOP_SIGNALS, worker_main
 
 logger = logging.getLogger(__name__)

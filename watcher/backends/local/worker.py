@@ -20,10 +20,10 @@ from typing import Any
 from PIL import Image
 
 from . import messages as msg
-from .config import OutputConfig, SizeSpec
-from .limits import memory_cap
-from .paths import Target
-from .render import OutputError, PhotoVanished, RenderError, RenderSettings, render
+from ...config import OutputConfig, SizeSpec
+from ...limits import memory_cap
+from ...paths import Target
+from ...render import OutputError, PhotoVanished, RenderError, RenderSettings, render
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _forward_logs(conn: Connection) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     try:
-        from .logsetup import ForwardingHandler
+        from ...logsetup import ForwardingHandler
     except ImportError:
         return
     root.addHandler(ForwardingHandler(lambda record: conn.send(msg.LogRecord(record))))

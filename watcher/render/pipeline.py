@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from . import __version__, colour, freedesktop, preview
-from .config import OutputConfig, SizeSpec
-from .paths import JPEG_EXTS, NAME_MAX, Target, temp_path_for
+from .. import __version__, freedesktop
+from . import colour, preview
+from ..config import OutputConfig, SizeSpec
+from ..paths import JPEG_EXTS, NAME_MAX, Target, temp_path_for
 
 # Lanczos from at least this many times the target size after the integer reduce: with 3.0
 # Pillow documents the result as indistinguishable from a full Lanczos resample.

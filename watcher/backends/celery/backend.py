@@ -44,13 +44,12 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
-from .config import Config, ConfigError, OutputConfig, SizeSpec
-from .admission import fresh
-from .scan import remove_stale_temps
-from .pool import describe_exit
-from .executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
-from .paths import PathRules, Target, shown
-from .render import RenderSettings
+from ...config import Config, ConfigError, OutputConfig, SizeSpec
+from ...thumbtree import fresh, remove_stale_temps
+from ..local.pool import describe_exit
+from ...executor import Crashed, ExecutorBroken, Failed, Job, Outcome, OutputBlocked, Rendered, Returned, TimedOut, Vanished
+from ...paths import PathRules, Target, shown
+from ...render import RenderSettings
 
 try:
     import celery
@@ -629,7 +628,7 @@ class RenderHost:
         return self._settings[text]
 
     def run_batch(self, task_id: str, photos: list, settings_wire_: dict, sizes_wire: list) -> None:
-        from .worker import run_job
+        from ..local.worker import run_job
 
         settings = self.settings(settings_wire_)
         sizes = [SizeSpec(**s) for s in sizes_wire]
@@ -821,10 +820,10 @@ def worker_app(config: Config, name: str) -> "celery.Celery":
 
     @celery.signals.worker_process_init.connect(weak=False)
     def init_render_process(**_kwargs: Any) -> None:
-        from .worker import keep_freed_memory, warm_up
+        from ..local.worker import keep_freed_memory, warm_up
 
         if config.limits.worker_memory_mb:
-            from . import worker
+            from ..local import worker
 
             if hasattr(worker, "cap_memory"):
                 note = worker.cap_memory(config.limits.worker_memory_mb)

@@ -1,0 +1,1 @@
+"""The Celery executor: photos sent to render hosts through a broker."""

@@ -1,0 +1,6 @@
+"""Photo → thumbnails, pure: decoding, orientation, colour, embedded previews, writing and the
+diagnosis of files that fail. Knows nothing of queues, signals or brokers; the local workers and
+the render hosts both call render() from here."""
+from .pipeline import OutputError, PhotoChanged, PhotoVanished, RenderError, RenderResult, RenderSettings, render
+
+__all__ = ["OutputError", "PhotoChanged", "PhotoVanished", "RenderError", "RenderResult", "RenderSettings", "render"]
