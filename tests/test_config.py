@@ -233,3 +233,46 @@ output:
     assert config.output.metadata == "none" and config.output.color == "srgb"
     fd = load(write(tmp_path, "watch: {paths: [photos]}\noutput: {style: freedesktop}"), base_dir=tmp_path)
     assert fd.output.style == "freedesktop"
+
+
+def test_a_file_that_leaves_every_key_out_gets_exactly_the_dataclass_defaults(tmp_path):
+    """One source for every default (issue 18): the field on the dataclass. The parser must give a
+    key the file leaves out that field's value, section by section and field by field."""
+    from dataclasses import MISSING, fields
+
+    from watcher.config import Config, SizeSpec
+
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, "watch: {paths: [photos]}"), base_dir=tmp_path)
+    compared = 0
+    for section in fields(Config):
+        if section.name == "source":
+            continue
+        parsed = getattr(config, section.name)
+        for f in fields(type(parsed)):
+            if f.default is MISSING and f.default_factory is MISSING:
+                continue  # required (watch.paths)
+            default = f.default if f.default is not MISSING else f.default_factory()
+            assert getattr(parsed, f.name) == default, f"{section.name}.{f.name}: the parser and the dataclass disagree"
+            compared += 1
+    for size in config.output.sizes:  # the default size, field by field against SizeSpec's own defaults
+        for f in fields(SizeSpec):
+            if f.default is not MISSING:
+                assert getattr(size, f.name) == f.default, f"output.sizes[0].{f.name}"
+    assert compared >= 35
+
+
+def test_workers_count_auto_is_the_default_and_means_one_worker_per_cpu(tmp_path):
+    (tmp_path / "photos").mkdir()
+    cpus = len(os.sched_getaffinity(0))
+    left_out = load(write(tmp_path, "watch: {paths: [photos]}"), base_dir=tmp_path)
+    auto = load(write(tmp_path, "watch: {paths: [photos]}\nworkers: {count: auto}"), base_dir=tmp_path)
+    assert left_out.workers.count == auto.workers.count == cpus
+    assert "count: auto" in (REPO / "config" / "thumbwatch.yaml").read_text(), "the shipped config says auto"
+
+
+def test_the_default_size_takes_the_files_format_and_quality(tmp_path):
+    (tmp_path / "photos").mkdir()
+    config = load(write(tmp_path, "watch: {paths: [photos]}\noutput: {format: png, quality: 70}"), base_dir=tmp_path)
+    (size,) = config.output.sizes
+    assert (size.name, size.width, size.height, size.mode, size.format, size.quality) == ("small", 75, 75, "fit", "png", 70)

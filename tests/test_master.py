@@ -88,6 +88,9 @@ class FakeExecutor:
     def describe(self) -> dict:
         return {"workers": []}
 
+    def summary(self) -> str:
+        return f"{self.slots} fake slots"
+
     def finish(self, path: str, outcome_type=Rendered, **fields):
         job = next(j for j in self.taken if j.path == path)
         self.taken.remove(job)

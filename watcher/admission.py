@@ -7,15 +7,16 @@ place at a time, and `where(path)` says which:
   queued     waiting in the job queue (live lane or scan lane; jobs.py)
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still, or,
-             for a file just created, once it is closed after writing, whichever comes first
+             for a file just created or being written, once it is closed after writing,
+             whichever comes first
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
-`verdict()` is the one freshness rule: a thumbnail is up to date when it carries the photo's
-mtime (at the precision of the file system holding it) and was written after the photo last
-changed (its ctime is not older than the photo's). A file replaced by another with the same
-name, size and mtime (`mv`, `tar x`, `cp -p`) has a new ctime, which nobody can set by hand, so
-it is rendered again; a folder renamed keeps its photos' ctimes, so its moved thumbnails stay.
+`verdict()` applies the one freshness rule (thumbtree.fresh): a file replaced by another with
+the same name, size and mtime (`mv`, `tar x`, `cp -p`) has a new ctime, so it is rendered again.
+A change of attributes alone (chown, chmod, xattrs, `touch -a`, a new hard link) changes the
+ctime too; seen as it happens, with no write of the photo in progress, it costs a re-stamp of
+the thumbnails (thumbtree.restamp), not a render.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Render
 from .jobs import JobQueue
 from .paths import PathRules, Target, shown
 from .state import FailureStore
-from .thumbtree import fresh, remove_thumbnails
+from .status import Stats
+from .thumbtree import fresh, move_folder_thumbnails, remove_folder_thumbnails, remove_thumbnails, restamp
 
 logger = logging.getLogger("watcher")
 
@@ -43,23 +45,6 @@ OUTPUT_BACKOFF_MAX = 60.0
 
 # verdicts
 RENDER, FRESH, FAILED_BEFORE, SETTLE, GONE = "render", "fresh", "failed before", "settle", "gone"
-
-
-@dataclass
-class Stats:
-    started: float = field(default_factory=time.time)
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    retried: int = 0
-    vanished: int = 0
-    render_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
-
-    def percentile(self, q: float) -> float | None:
-        if not self.render_ms:
-            return None
-        ordered = sorted(self.render_ms)
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
 @dataclass
@@ -72,13 +57,114 @@ class OutputBlock:
     next_try: float = 0.0
     probing: bool = False
 
+    def may_probe(self, now: float) -> bool:
+        return not self.probing and now >= self.next_try
+
+    def blocked_again(self, reason: str, err_no: int | None, now: float) -> bool:
+        """Another photo could not be written: a failed probe doubles the delay. True when the
+        reason is a new one (worth an error line)."""
+        if self.probing:
+            self.probing = False
+            self.delay = min(self.delay * 2, OUTPUT_BACKOFF_MAX)
+            self.next_try = now + self.delay
+        if err_no == self.errno:
+            return False
+        self.reason, self.errno = reason, err_no
+        return True
+
 
 @dataclass
 class Settling:
     size: int
     mtime_ns: int
     since: float
-    until_closed: bool = False  # just created: its close-write ends the wait (the settler is the fallback)
+    until_closed: bool = False  # being written: its close-write ends the wait (holding still is the fallback)
+
+
+class Settler:
+    """The photos that may still be being written, each with the size and mtime it had when its
+    quiet time began. Says when one holds still; what happens then is admission's business."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.files: dict[str, Settling] = {}
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def wait(self, path: str, st: os.stat_result, *, until_closed: bool = False) -> None:
+        self.files[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed)
+
+    def discard(self, path: str) -> None:
+        self.files.pop(path, None)
+
+    def closed(self, path: str) -> bool:
+        """Closed after writing: True unless it is one suspected of being written in bursts,
+        which waits until it holds still."""
+        waiting = self.files.get(path)
+        if waiting is not None:
+            if not waiting.until_closed:
+                return False
+            del self.files[path]
+        return True
+
+    def still(self, quiet: float) -> list[tuple[str, os.stat_result]]:
+        """The files whose size and mtime have held still for `quiet` seconds, with their stat.
+        Those gone are dropped; those that changed start their quiet time again."""
+        now = self.clock()
+        still = []
+        for path, seen in list(self.files.items()):
+            st = _stat(path)
+            if st is None:
+                del self.files[path]
+            elif (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                self.files[path] = replace(seen, size=st.st_size, mtime_ns=st.st_mtime_ns, since=now)
+            elif now - seen.since >= quiet:
+                still.append((path, st))
+        return still
+
+
+class InFlight:
+    """The photos with the executor, one render of a photo at a time. Those seen again meanwhile,
+    or whose folder was renamed, are looked at again once their outcome is in."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.again: set[str] = set()  # seen again while rendered
+        self.moved: dict[str, str] = {}  # its folder renamed meanwhile: its name now
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def add(self, job: Job) -> None:
+        self.jobs[job.path] = job
+
+    def look_again(self, path: str) -> None:
+        self.again.add(path)
+
+    def folder_moved(self, src: str, dest: str) -> None:
+        prefix = src + os.sep
+        for path in self.jobs:
+            now = self.moved.get(path, path)
+            if now.startswith(prefix):
+                self.moved[path] = dest + now[len(src):]
+
+    def done(self, job: Job) -> list[str]:
+        """Its outcome is in: the names to look at again."""
+        if self.jobs.get(job.path) is not job:
+            return []
+        del self.jobs[job.path]
+        again = [job.path] if job.path in self.again else []
+        self.again.discard(job.path)
+        if job.path in self.moved:
+            again.append(self.moved.pop(job.path))
+        return again
 
 
 class Admission:
@@ -93,10 +179,8 @@ class Admission:
         self.wallclock = wallclock
         self.queue = JobQueue(config.workers.queue_size, wake)
         self.held: deque[Job] = deque()
-        self.settling: dict[str, Settling] = {}
-        self.in_flight: dict[str, Job] = {}
-        self.again: set[str] = set()  # in flight, and seen again meanwhile
-        self.moved: dict[str, str] = {}  # in flight when its folder was renamed: its name now
+        self.settling = Settler(clock)
+        self.in_flight = InFlight()
         self.block: OutputBlock | None = None
         self._ids = itertools.count(1)
 
@@ -124,7 +208,7 @@ class Admission:
     def idle(self) -> bool:
         return not (self.queue or self.held or self.settling or self.in_flight)
 
-    # ---- the one freshness rule -------------------------------------------------------------
+    # ---- the verdict ---------------------------------------------------------------------------
 
     def verdict(self, path: str, st: os.stat_result, targets: tuple[Target, ...]) -> str:
         """What to do with a photo as it is on disk now. Safe to call from the scanner thread."""
@@ -143,11 +227,8 @@ class Admission:
 
     def arrived(self, path: str) -> None:
         """Closed after writing, or moved in (the observer; master thread)."""
-        waiting = self.settling.get(path)
-        if waiting is not None:
-            if not waiting.until_closed:
-                return  # suspected of being written in bursts: the settler queues it once it holds still
-            del self.settling[path]
+        if not self.settling.closed(path):
+            return  # suspected of being written in bursts: queued once it holds still
         if not self.queue.offer(path):
             logger.debug("queue full, %s will be found by the next rescan", shown(path))
 
@@ -161,26 +242,44 @@ class Admission:
 
     def settle(self, path: str) -> None:
         """Queue it once its size and mtime have held still for watch.settle_seconds."""
-        if path in self.settling or self.queue.lane_of(path):
-            return  # already queued: a close-write (inotify) said it is complete
-        st = _stat(path)
-        if st is not None:
-            self.settling[path] = Settling(st.st_size, st.st_mtime_ns, self.clock())
+        if path not in self.settling and not self.queue.lane_of(path) and (st := _stat(path)) is not None:
+            self.settling.wait(path, st)  # (once queued, a close-write said it is complete)
 
     def created(self, path: str) -> None:
         """A new name appeared. A hard link (ln) is complete at once. Anything else is most likely
         being written and its close-write will queue it; should none come, the settler does. That
         covers the hard link whose other name was removed before we looked (`ln staged x.jpg;
         rm staged`), which looks like a new file but will never be closed after writing."""
-        if path in self.settling or self.queue.lane_of(path):
-            return
-        st = _stat(path)
-        if st is None:
+        if path in self.settling or self.queue.lane_of(path) or (st := _stat(path)) is None:
             return
         if st.st_nlink > 1 and st.st_size > 0:
             self.arrived(path)
         else:
-            self.settling[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed=True)
+            self.settling.wait(path, st, until_closed=True)
+
+    def writing(self, path: str) -> None:
+        """Written to, not yet closed (IN_MODIFY): settling until closed, so that an attribute
+        change meanwhile (`cp -p` sets the old mtime, then closes) counts as part of the write."""
+        if self.where(path) is None and (st := _stat(path)) is not None:
+            self.settling.wait(path, st, until_closed=True)
+
+    def attributes_changed(self, path: str) -> None:
+        """Only its attributes changed, as far as the events tell (inotify IN_ATTRIB with no
+        write in progress): owner, mode, ACLs, xattrs, atime, link count. Thumbnails that carry
+        the photo's mtime showed it before, and still do: re-stamped, not rendered. Anything
+        else (a `touch` that moved the mtime) is looked at once it is closed or holds still."""
+        where = self.where(path)
+        if where == "in-flight":
+            self.in_flight.look_again(path)  # the render may have read it before: look once more after it
+        if where is not None or (st := _stat(path)) is None or not self.rules.photo_followable(path):
+            return
+        if self.failures.known(path, st):
+            return
+        if restamp(st, self.rules.targets(path)):
+            self.stats.restamped += 1
+            logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
+        else:
+            self.settling.wait(path, st, until_closed=True)
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under
@@ -189,22 +288,35 @@ class Admission:
             self.arrived(path)
             return
         self.queue.discard(path)
-        self.settling.pop(path, None)
+        self.settling.discard(path)
         self.failures.forget(path)
         if self.config.output.delete_with_photo:
             removed = remove_thumbnails(self.rules.targets(path))
             if removed:
-                logger.log(self._photo_level(), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
+                logger.log(_photo_level(self.config), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
 
-    def folder_moved(self, src: str, dest: str) -> None:
-        """A folder renamed inside the tree: its photos in flight are looked at again under their
-        new names once their outcomes are in. Their thumbnails were written into the folder the
-        master was moving, or removed because the photo was no longer where it was read from."""
-        prefix = src + os.sep
-        for path in self.in_flight:
-            now = self.moved.get(path, path)
-            if now.startswith(prefix):
-                self.moved[path] = dest + now[len(src):]
+    def folder_moved(self, src: str, dest: str) -> bool:
+        """A folder renamed (`dest` empty: moved out of the tree). Inside the tree its thumbnails
+        go along (its photos keep their identity: nothing is rendered again) and its photos in
+        flight are looked at again under their new names once their outcomes are in; moved out,
+        its thumbnails go. True when `dest` is a folder of the tree, worth a walk for photos the
+        events did not name."""
+        if not dest or not self.rules.followable(dest):
+            self.folder_gone(src)
+            return False
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            # a poll paired a folder that went with a new file that got its inode number
+            self.folder_gone(src)
+            if self.rules.wants(dest):
+                self.settle(dest)
+            return False
+        self.in_flight.folder_moved(src, dest)
+        move_folder_thumbnails(self.rules, src, dest)
+        return True
+
+    def folder_gone(self, folder: str) -> None:
+        """A folder of the tree seen going (deleted, or moved out): its thumbnails go too."""
+        remove_folder_thumbnails(self.rules, folder)
 
     # ---- handing out work -------------------------------------------------------------------
 
@@ -212,9 +324,8 @@ class Admission:
         """The next photo to render, or None. During an output block, one probe at a time, with
         back-off."""
         block = self.block
-        if block is not None:
-            if block.probing or self.clock() < block.next_try:
-                return None
+        if block is not None and not block.may_probe(self.clock()):
+            return None
         while True:
             if self.held:
                 job = self.held.popleft()
@@ -223,12 +334,12 @@ class Admission:
                 if path is None:
                     return None
                 if path in self.in_flight:
-                    self.again.add(path)  # one render of a photo at a time: this one after it
+                    self.in_flight.look_again(path)  # one render of a photo at a time: this one after it
                     continue
                 job = self._admit(path)
                 if job is None:
                     continue
-            self.in_flight[job.path] = job
+            self.in_flight.add(job)
             if block is not None:
                 block.probing = True
             return job
@@ -265,13 +376,8 @@ class Admission:
 
     def on_outcome(self, outcome: Outcome) -> None:
         job = outcome.job
-        if self.in_flight.get(job.path) is job:
-            del self.in_flight[job.path]
-            if job.path in self.again:
-                self.again.discard(job.path)
-                self.queue.offer(job.path)  # seen again while it was rendered: look once more
-            if job.path in self.moved:
-                self.queue.offer(self.moved.pop(job.path))
+        for path in self.in_flight.done(job):
+            self.queue.offer(path)
         if self.block is not None and not isinstance(outcome, (OutputBlocked, Returned, Lost)):
             self._output_ok()
         match outcome:
@@ -279,8 +385,8 @@ class Admission:
                 self.stats.done += 1
                 self.stats.render_ms.append(ms)
                 self.failures.forget(job.path)
-                shown_outputs = ", ".join(self._short(job.path, out) for out in outputs)
-                logger.log(self._photo_level(), "ok %s -> %s in %.0f ms%s", shown(job.path), shown(shown_outputs), ms, _on(host))
+                shown_outputs = ", ".join(_short(self.rules.root_of(job.path), out) for out in outputs)
+                logger.log(_photo_level(self.config), "ok %s -> %s in %.0f ms%s", shown(job.path), shown(shown_outputs), ms, _on(host))
             case Vanished(reason=reason):
                 logger.debug("vanished or changed while rendering: %s (%s)", shown(job.path), reason)
                 if os.path.lexists(job.path):
@@ -288,7 +394,7 @@ class Admission:
                 else:
                     self.stats.vanished += 1
             case Failed(reason=reason, host=host):
-                if self._still_changing(job):
+                if _still_changing(job, self.wallclock() - self.config.watch.settle_seconds):
                     logger.debug("changed while rendering, will render again once it settles: %s", shown(job.path))
                     self.settle(job.path)
                 else:
@@ -318,16 +424,6 @@ class Admission:
         )
         self.held.appendleft(replace(job, attempts=attempts))
 
-    def _still_changing(self, job: Job) -> bool:
-        """Modified during its render, or written so recently that a slow uploader may still be
-        at it: a failure now may only mean 'not finished yet'."""
-        st = _stat(job.path)
-        if st is None:
-            return False
-        changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (job.size, job.mtime_ns, job.ino)
-        young = self.wallclock() - st.st_mtime < self.config.watch.settle_seconds
-        return changed or young
-
     def _fail(self, path: str, st: os.stat_result | None, reason: str, *, log: bool = True) -> None:
         """Record it so it isn't retried until it changes; a thumbnail of what it held before
         would show the wrong picture, so it goes."""
@@ -341,18 +437,11 @@ class Admission:
     def _output_blocked(self, job: Job, reason: str, err_no: int | None) -> None:
         """One error line per condition (by errno), not one per photo: hold work, probe with back-off."""
         self.held.appendleft(job)
-        block = self.block
-        if block is None:
+        if self.block is None:
             self.block = OutputBlock(reason, err_no, next_try=self.clock() + 1.0)
             logger.error("cannot write thumbnails: %s; holding photos and retrying with back-off", reason)
-            return
-        if block.probing:
-            block.probing = False
-            block.delay = min(block.delay * 2, OUTPUT_BACKOFF_MAX)
-            block.next_try = self.clock() + block.delay
-        if err_no != block.errno:
+        elif self.block.blocked_again(reason, err_no, self.clock()):
             logger.error("cannot write thumbnails, now for another reason: %s", reason)
-            block.reason, block.errno = reason, err_no
 
     def _output_ok(self) -> None:
         logger.info("thumbnails can be written again; resuming %d held photo(s)", self.waiting())
@@ -362,28 +451,10 @@ class Admission:
 
     def tick(self) -> None:
         """Queue the paths whose size and mtime have held still for settle_seconds."""
-        now = self.clock()
-        quiet = self.config.watch.settle_seconds
-        for path, seen in list(self.settling.items()):
-            st = _stat(path)
-            if st is None:
-                del self.settling[path]
-            elif (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                self.settling[path] = replace(seen, size=st.st_size, mtime_ns=st.st_mtime_ns, since=now)
-            elif now - seen.since >= quiet:
-                if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)):
-                    del self.settling[path]
-                elif self.queue.offer(path):
-                    del self.settling[path]
+        for path, st in self.settling.still(self.config.watch.settle_seconds):
+            if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)) or self.queue.offer(path):
+                self.settling.discard(path)
 
-    def _photo_level(self) -> int:
-        return logging.DEBUG if self.config.log.photos == "debug" else logging.INFO
-
-    def _short(self, photo: str, output: str) -> str:
-        root = self.rules.root_of(photo)
-        if root and output.startswith(root + os.sep):
-            return output[len(root) + 1 :]
-        return output
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -391,6 +462,25 @@ def _stat(path: str) -> os.stat_result | None:
         return os.stat(path)
     except OSError:
         return None
+
+
+def _still_changing(job: Job, young_after: float) -> bool:
+    """Modified during its render, or written so recently (an mtime after `young_after`) that a
+    slow uploader may still be at it: a failure now may only mean 'not finished yet'."""
+    st = _stat(job.path)
+    if st is None:
+        return False
+    return (st.st_size, st.st_mtime_ns, st.st_ino) != (job.size, job.mtime_ns, job.ino) or st.st_mtime > young_after
+
+
+def _photo_level(config: Config) -> int:
+    return logging.DEBUG if config.log.photos == "debug" else logging.INFO
+
+
+def _short(root: str | None, output: str) -> str:
+    if root and output.startswith(root + os.sep):
+        return output[len(root) + 1 :]
+    return output
 
 
 def _on(host: str) -> str:

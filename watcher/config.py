@@ -1,19 +1,23 @@
 """The YAML config: parsed with yaml.safe_load, checked key by key, frozen into dataclasses.
 
 Every error is a ConfigError whose text names the file, the key and what was expected;
-this module never logs and never reads argv.
+this module never logs and never reads argv. Each default is written once, on its dataclass
+field; the parser reads it from there (a key left out of the file gets the field's default).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import reprlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .configfile import ConfigError, Section, read_yaml
+
+__all__ = ["ConfigError", "Config", "load", "parse", "dump", "check_folders", "EX_CONFIG"]  # and the dataclasses
 
 EX_CONFIG = 78
 
@@ -31,73 +35,19 @@ BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 TEMPLATE_FIELDS = ("size", "stem", "ext", "dir")
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 COLOR_HEX = re.compile(r"^#[0-9A-Fa-f]{6}$")
-# A config is small and written by hand: anything far beyond these is a mistake or an attack.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_NODES = 10_000  # values in the file once every alias is expanded (an alias bomb has billions)
-MAX_DEPTH = 32  # mappings and lists inside each other
 
 
-class ConfigError(Exception):
-    """A config that cannot be used; str(error) is the one line shown to the user."""
+def default_state_dir() -> Path:
+    """systemd's StateDirectory= when it set one, else the XDG state folder."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "thumbwatch"
 
 
-class _Refused(Exception):
-    """Raised by _StrictLoader: str(error) is the reason, without the file name."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses what a hand-written config never has: a key given twice in
-    one mapping (YAML would silently keep the last), aliases that expand to a huge document (an
-    alias bomb: a few hundred bytes that become billions of values) and absurd nesting (which
-    would end in a RecursionError). Checked on the node graph, before anything is built."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self._weights: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
-        self._keys: dict[int, dict[tuple[str, str], int]] = {}  # id(mapping) -> its keys -> line
-        self._path: list[str] = []
-
-    def _where(self) -> str:
-        return "".join(self._path).lstrip(".") or "(top level)"
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        line = self.peek_event().start_mark.line + 1
-        if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
-            self._path.append(f".{index.value}")
-        elif isinstance(parent, yaml.SequenceNode):
-            self._path.append(f"[{index}]")
-        else:
-            self._path.append("")
-        try:
-            if len(self._path) > MAX_DEPTH:
-                where = "".join(self._path[:4]).lstrip(".") or "(top level)"
-                raise _Refused(f"{where}...: nested more than {MAX_DEPTH} deep (line {line}); a config never needs that")
-            alias = self.check_event(yaml.AliasEvent)
-            node = super().compose_node(parent, index)
-            if alias:
-                weight = self._weights.get(id(node))
-                if weight is None:
-                    raise _Refused(f"{self._where()}: an alias that refers to the value holding it (line {line})")
-            elif isinstance(node, yaml.SequenceNode):
-                weight = 1 + sum(self._weights[id(child)] for child in node.value)
-            elif isinstance(node, yaml.MappingNode):
-                weight = 1 + sum(self._weights[id(k)] + self._weights[id(v)] for k, v in node.value)
-                self._keys.pop(id(node), None)
-            else:
-                weight = 1
-            if weight > MAX_NODES:
-                raise _Refused(f"{self._where()}: expands to more than {MAX_NODES} values (line {line}); is it an alias bomb?")
-            self._weights[id(node)] = weight
-            if isinstance(parent, yaml.MappingNode) and index is None and isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:merge":
-                seen = self._keys.setdefault(id(parent), {})
-                first = seen.get((node.tag, node.value))
-                if first is not None:
-                    self._path[-1] = f".{node.value}"
-                    raise _Refused(f"{self._where()}: given twice (lines {first} and {line}); keep one")
-                seen[(node.tag, node.value)] = line
-            return node
-        finally:
-            self._path.pop()
+def cpu_count() -> int:
+    """workers.count: auto, the default: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +80,7 @@ class WatchConfig:
 class OutputConfig:
     style: str = "files"
     dir: Path = Path("thumbs")
-    sizes: tuple[SizeSpec, ...] = ()
+    sizes: tuple[SizeSpec, ...] = (SizeSpec("small", 75, 75),)
     format: str = "jpeg"
     quality: int = 85
     progressive: bool = False
@@ -145,7 +95,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    count: int = 1
+    count: int = field(default_factory=cpu_count)  # "auto" in the file
     queue_size: int = 1000
     drain_timeout: float = 30.0
     max_retries: int = 2
@@ -169,7 +119,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: Path
+    dir: Path = field(default_factory=default_state_dir)
 
 
 @dataclass(frozen=True)
@@ -214,142 +164,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 100
-_SHORT.maxlevel = 3
-
-
-def default_state_dir() -> Path:
-    """systemd's StateDirectory= when it set one, else the XDG state folder."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(xdg) / "thumbwatch"
-
-
-class _Section:
-    """One mapping of the file, read key by key; leftover keys are refused on close()."""
-
-    def __init__(self, file: Path, prefix: str, data: Any):
-        self.file = file
-        self.prefix = prefix
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error(prefix.rstrip(".") or "(top level)", "expected a mapping", data)
-        self.data = dict(data)
-
-    def error(self, key: str, expected: str, got: Any = ...) -> ConfigError:
-        text = f"{self.file}: {key}: {expected}"
-        if got is not ...:
-            text += f", got {_SHORT.repr(got)}"
-        return ConfigError(text)
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def take(self, name: str, default: Any) -> Any:
-        return self.data.pop(name, default)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.take(name, default)
-        if not isinstance(value, bool):
-            raise self.error(self.key(name), "expected true or false", value)
-        return value
-
-    def integer(self, name: str, default: Any, *, low: int, high: int | None = None) -> Any:
-        value = self.take(name, default)
-        if value is None and default is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(self.key(name), "expected a whole number", value)
-        if value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise self.error(self.key(name), f"expected a whole number {bounds}", value)
-        return value
-
-    def number(self, name: str, default: float, *, low: float, allow_zero: bool = False) -> float:
-        value = self.take(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(self.key(name), "expected a number of seconds", value)
-        if value < low or (value == 0 and not allow_zero and low == 0):
-            raise self.error(self.key(name), f"expected a number greater than {low}", value)
-        return float(value)
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.take(name, default)
-        if isinstance(value, str):
-            value = value.lower()
-        if value not in choices:
-            raise self.error(self.key(name), "expected one of " + ", ".join(choices), value)
-        return value
-
-    def string(self, name: str, default: Any) -> Any:
-        value = self.take(name, default)
-        if value is None and default is None:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.error(self.key(name), "expected a non-empty string", value)
-        return value
-
-    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.take(name, list(default))
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(self.key(name), "expected a list of strings", value)
-        return tuple(value)
-
-    def section(self, name: str) -> "_Section":
-        return _Section(self.file, self.key(name) + ".", self.take(name, None))
-
-    def close(self) -> None:
-        if self.data:
-            unknown = sorted(str(k) for k in self.data)
-            raise self.error(self.key(unknown[0]), "unknown key (check the spelling against config/thumbwatch.yaml)")
-
-
 def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Config:
     """Read, check and freeze the config at `path`. Relative paths resolve against base_dir (default: cwd)."""
     file = Path(path)
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{file}: expected a YAML file, but it is a folder") from None
-    except OSError as err:
-        raise ConfigError(f"{file}: cannot read: {os.strerror(err.errno) if err.errno else err}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{file}: not UTF-8 text (byte {err.start})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it really the config?")
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
-    except _Refused as err:
-        raise ConfigError(f"{file}: {err}") from None
-    except RecursionError:
-        raise ConfigError(f"{file}: nested too deeply") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{file}: not valid YAML{line}: {problem}") from None
-    return parse(data, file=file, base_dir=base_dir or Path.cwd())
+    return parse(read_yaml(file), file=file, base_dir=base_dir or Path.cwd())
 
 
 def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
-    top = _Section(file, "", data)
-    watch = _parse_watch(top.section("watch"), base_dir)
-    output = _parse_output(top.section("output"), base_dir)
-    workers = _parse_workers(top.section("workers"))
-    limits = _parse_limits(top.section("limits"))
-    state = _parse_state(top.section("state"), base_dir)
-    log = _parse_log(top.section("log"), base_dir)
-    metrics = _parse_metrics(top.section("metrics"))
-    celery = _parse_celery(top.section("celery"), limits)
+    top = Section(file, "", data)
+    watch = _parse_watch(top.section("watch", WatchConfig), base_dir)
+    output = _parse_output(top.section("output", OutputConfig), base_dir)
+    workers = _parse_workers(top.section("workers", WorkersConfig))
+    limits = _parse_limits(top.section("limits", LimitsConfig))
+    state = _parse_state(top.section("state", StateConfig), base_dir)
+    log = _parse_log(top.section("log", LogConfig), base_dir)
+    metrics = _parse_metrics(top.section("metrics", MetricsConfig))
+    celery = _parse_celery(top.section("celery", CeleryConfig), limits)
     top.close()
     _check_output_outside_roots(top, watch, output)
     _check_under_system_unit(top, output, state)
@@ -360,11 +190,11 @@ def _resolve(base_dir: Path, raw: str) -> Path:
     return Path(os.path.abspath(base_dir / os.path.expanduser(raw)))
 
 
-def _parse_watch(s: _Section, base_dir: Path) -> WatchConfig:
-    raw_paths = s.strings("paths", ())
+def _parse_watch(s: Section, base_dir: Path) -> WatchConfig:
+    raw_paths = s.strings("paths", ())  # no default: required
     if not raw_paths:
         raise s.error(s.key("paths"), "expected at least one folder to watch")
-    create = s.boolean("create", False)
+    create = s.boolean("create")
     paths = []
     for raw in raw_paths:
         path = _resolve(base_dir, raw)
@@ -381,23 +211,23 @@ def _parse_watch(s: _Section, base_dir: Path) -> WatchConfig:
                 raise s.error(s.key("paths"), f"{b} lies inside {a} (symlinks resolved); list only the outer folder")
     watch = WatchConfig(
         paths=tuple(paths),
-        recursive=s.boolean("recursive", True),
-        patterns=tuple(p.lower() for p in s.strings("patterns", ("*.jpg", "*.jpeg"))),
-        ignore=s.strings("ignore", ()),
-        observer=s.choice("observer", "auto", OBSERVERS),
+        recursive=s.boolean("recursive"),
+        patterns=tuple(p.lower() for p in s.strings("patterns")),
+        ignore=s.strings("ignore"),
+        observer=s.choice("observer", OBSERVERS),
         create=create,
-        follow_symlinks=s.boolean("follow_symlinks", False),
-        poll_interval=s.number("poll_interval", 2.0, low=0.1),
-        settle_seconds=s.number("settle_seconds", 2.0, low=0.0, allow_zero=True),
-        rescan_interval=s.number("rescan_interval", 3600.0, low=0.0, allow_zero=True),
+        follow_symlinks=s.boolean("follow_symlinks"),
+        poll_interval=s.number("poll_interval", low=0.1),
+        settle_seconds=s.number("settle_seconds", low=0.0, allow_zero=True),
+        rescan_interval=s.number("rescan_interval", low=0.0, allow_zero=True),
     )
     s.close()
     return watch
 
 
-def _parse_output(s: _Section, base_dir: Path) -> OutputConfig:
-    style = s.choice("style", "files", STYLES)
-    raw_dir = s.string("dir", "thumbs")
+def _parse_output(s: Section, base_dir: Path) -> OutputConfig:
+    style = s.choice("style", STYLES)
+    raw_dir = s.string("dir", str(s.default("dir")))
     expanded = os.path.expanduser(raw_dir)
     if os.path.isabs(expanded):
         out_dir = Path(os.path.abspath(expanded))
@@ -405,11 +235,11 @@ def _parse_output(s: _Section, base_dir: Path) -> OutputConfig:
         if ".." in Path(expanded).parts:
             raise s.error(s.key("dir"), "expected a folder name inside each watched folder (no '..'), or an absolute path", raw_dir)
         out_dir = Path(os.path.normpath(expanded))
-    fmt = s.choice("format", "jpeg", FORMATS)
-    quality = s.integer("quality", 85, low=1, high=100)
+    fmt = s.choice("format", FORMATS)
+    quality = s.integer("quality", low=1, high=100)
     raw_sizes = s.take("sizes", None)
-    if raw_sizes is None:
-        raw_sizes = [{"name": "small", "width": 75, "height": 75}]
+    if raw_sizes is None:  # the default sizes, with this file's format and quality
+        raw_sizes = [_raw_size(spec) for spec in s.default("sizes")]
     if not isinstance(raw_sizes, list) or not raw_sizes:
         raise s.error(s.key("sizes"), "expected a list of sizes like {name: small, width: 256, height: 256}", raw_sizes)
     sizes = tuple(_parse_size(s, i, raw, fmt, quality) for i, raw in enumerate(raw_sizes))
@@ -423,28 +253,33 @@ def _parse_output(s: _Section, base_dir: Path) -> OutputConfig:
         sizes=sizes,
         format=fmt,
         quality=quality,
-        progressive=s.boolean("progressive", False),
-        subsampling=s.choice("subsampling", "4:2:0", SUBSAMPLINGS),
-        lossless=s.boolean("lossless", False),
-        metadata=s.choice("metadata", "none", METADATA),
-        color=s.choice("color", "srgb", COLORS),
-        background=_color(s, "background", "#ffffff"),
-        delete_with_photo=s.boolean("delete_with_photo", True),
-        embedded_preview=s.boolean("embedded_preview", False),
+        progressive=s.boolean("progressive"),
+        subsampling=s.choice("subsampling", SUBSAMPLINGS),
+        lossless=s.boolean("lossless"),
+        metadata=s.choice("metadata", METADATA),
+        color=s.choice("color", COLORS),
+        background=_color(s, "background"),
+        delete_with_photo=s.boolean("delete_with_photo"),
+        embedded_preview=s.boolean("embedded_preview"),
     )
     s.close()
     return output
 
 
-def _color(s: _Section, name: str, default: str) -> str:
-    value = s.take(name, default)
+def _raw_size(spec: SizeSpec) -> dict[str, Any]:
+    """A default size as the file would write it: format and quality left to the output's."""
+    return {f.name: getattr(spec, f.name) for f in fields(SizeSpec) if f.name not in ("format", "quality")}
+
+
+def _color(s: Section, name: str) -> str:
+    value = s.take(name)
     if not isinstance(value, str) or not COLOR_HEX.match(value):
         raise s.error(s.key(name), "expected a colour like '#ffffff'", value)
     return value.lower()
 
 
-def _parse_size(parent: _Section, index: int, raw: Any, fmt: str, quality: int) -> SizeSpec:
-    s = _Section(parent.file, f"{parent.key('sizes')}[{index}].", raw)
+def _parse_size(parent: Section, index: int, raw: Any, fmt: str, quality: int) -> SizeSpec:
+    s = Section(parent.file, f"{parent.key('sizes')}[{index}].", raw, SizeSpec)
     name = s.string("name", None)
     if name is None:
         raise s.error(s.key("name"), "expected a name for this size (it names the size's folder)")
@@ -452,33 +287,33 @@ def _parse_size(parent: _Section, index: int, raw: Any, fmt: str, quality: int) 
         raise s.error(s.key("name"), "expected letters, digits, '.', '_' or '-' (it becomes a folder name)", name)
     width = s.integer("width", None, low=1, high=20000)
     height = s.integer("height", None, low=1, high=20000)
-    default_mode = "fit"
+    default_mode = s.default("mode")  # with both sides given; with one, that side is the mode
     if width is not None and height is None:
         default_mode = "width"
     elif height is not None and width is None:
         default_mode = "height"
-    mode = s.choice("mode", default_mode, MODES)
+    mode = s.choice("mode", MODES, default_mode)
     need = {"fit": ("width", "height"), "fill": ("width", "height"), "width": ("width",), "height": ("height",)}[mode]
     for key in need:
         if {"width": width, "height": height}[key] is None:
             raise s.error(s.key(key), f"expected a whole number of pixels (mode {mode} needs {' and '.join(need)})")
-    template = s.string("template", "{stem}{ext}")
+    template = s.string("template")
     _check_template(s, template)
     size = SizeSpec(
         name=name,
         width=width,
         height=height,
         mode=mode,
-        format=s.choice("format", fmt, FORMATS),
+        format=s.choice("format", FORMATS, fmt),  # each size inherits the output's format and quality
         quality=s.integer("quality", quality, low=1, high=100),
         template=template,
-        upscale=s.boolean("upscale", False),
+        upscale=s.boolean("upscale"),
     )
     s.close()
     return size
 
 
-def _check_template(s: _Section, template: str) -> None:
+def _check_template(s: Section, template: str) -> None:
     try:
         sample = template.format(size="s", stem="x", ext=".jpg", dir="d")
     except (KeyError, IndexError, ValueError):
@@ -489,30 +324,30 @@ def _check_template(s: _Section, template: str) -> None:
         raise s.error(s.key("template"), "expected {ext} in it too, so that x.jpg and x.jpeg never share a thumbnail", template)
 
 
-def _parse_workers(s: _Section) -> WorkersConfig:
+def _parse_workers(s: Section) -> WorkersConfig:
     raw_count = s.take("count", "auto")
-    if raw_count == "auto":
-        count = len(os.sched_getaffinity(0)) or 1
+    if raw_count == "auto":  # the field's default: one worker per CPU
+        count = s.default("count")
     elif isinstance(raw_count, int) and not isinstance(raw_count, bool) and 1 <= raw_count <= 256:
         count = raw_count
     else:
         raise s.error(s.key("count"), "expected auto or a whole number from 1 to 256", raw_count)
     workers = WorkersConfig(
         count=count,
-        queue_size=s.integer("queue_size", 1000, low=1, high=10_000_000),
-        drain_timeout=s.number("drain_timeout", 30.0, low=0.0),
-        max_retries=s.integer("max_retries", 2, low=0, high=100),
-        backend=s.choice("backend", "local", BACKENDS),
+        queue_size=s.integer("queue_size", low=1, high=10_000_000),
+        drain_timeout=s.number("drain_timeout", low=0.0),
+        max_retries=s.integer("max_retries", low=0, high=100),
+        backend=s.choice("backend", BACKENDS),
     )
     s.close()
     return workers
 
 
-def _parse_limits(s: _Section) -> LimitsConfig:
+def _parse_limits(s: Section) -> LimitsConfig:
     limits = LimitsConfig(
-        max_pixels=s.integer("max_pixels", 200_000_000, low=1),
-        photo_timeout=s.number("photo_timeout", 60.0, low=0.0),
-        worker_memory_mb=s.integer("worker_memory_mb", 2048, low=0),
+        max_pixels=s.integer("max_pixels", low=1),
+        photo_timeout=s.number("photo_timeout", low=0.0),
+        worker_memory_mb=s.integer("worker_memory_mb", low=0),
     )
     if 0 < limits.worker_memory_mb < 200:
         raise s.error(s.key("worker_memory_mb"), "expected 0 (no cap) or at least 200 (a worker needs ~100 MB to start)", limits.worker_memory_mb)
@@ -520,47 +355,47 @@ def _parse_limits(s: _Section) -> LimitsConfig:
     return limits
 
 
-def _parse_state(s: _Section, base_dir: Path) -> StateConfig:
+def _parse_state(s: Section, base_dir: Path) -> StateConfig:
     raw = s.string("dir", None)
-    state = StateConfig(dir=_resolve(base_dir, raw) if raw else default_state_dir())
+    state = StateConfig(dir=_resolve(base_dir, raw) if raw else s.default("dir"))
     s.close()
     return state
 
 
-def _parse_log(s: _Section, base_dir: Path) -> LogConfig:
-    raw_file = s.string("file", None)
+def _parse_log(s: Section, base_dir: Path) -> LogConfig:
+    raw_file = s.string("file")
     log = LogConfig(
-        level=s.choice("level", "info", LOG_LEVELS),
+        level=s.choice("level", LOG_LEVELS),
         file=_resolve(base_dir, raw_file) if raw_file else None,
-        format=s.choice("format", "text", LOG_FORMATS),
-        photos=s.choice("photos", "info", LOG_LEVELS[:2]),
-        progress_interval=s.number("progress_interval", 10.0, low=0.0, allow_zero=True),
+        format=s.choice("format", LOG_FORMATS),
+        photos=s.choice("photos", LOG_LEVELS[:2]),
+        progress_interval=s.number("progress_interval", low=0.0, allow_zero=True),
     )
     s.close()
     return log
 
 
-def _parse_metrics(s: _Section) -> MetricsConfig:
+def _parse_metrics(s: Section) -> MetricsConfig:
     metrics = MetricsConfig(
-        port=s.integer("port", None, low=1, high=65535),
-        host=s.string("host", "127.0.0.1"),
+        port=s.integer("port", low=1, high=65535),
+        host=s.string("host"),
     )
     s.close()
     return metrics
 
 
-def _parse_celery(s: _Section, limits: LimitsConfig) -> CeleryConfig:
-    broker = s.string("broker", CeleryConfig.broker)
+def _parse_celery(s: Section, limits: LimitsConfig) -> CeleryConfig:
+    broker = s.string("broker")
     if not broker.startswith(BROKER_SCHEMES):
         raise s.error(s.key("broker"), "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://, unix://)", broker)
-    queue = s.string("queue", CeleryConfig.queue)
+    queue = s.string("queue")
     if not SIZE_NAME.match(queue):
         raise s.error(s.key("queue"), "expected letters, digits, '.', '_' or '-'", queue)
     celery = CeleryConfig(
         broker=broker,
         queue=queue,
-        visibility_timeout=s.number("visibility_timeout", CeleryConfig.visibility_timeout, low=1.0),
-        batch=s.integer("batch", CeleryConfig.batch, low=1, high=1000),
+        visibility_timeout=s.number("visibility_timeout", low=1.0),
+        batch=s.integer("batch", low=1, high=1000),
     )
     if celery.visibility_timeout < 2 * limits.photo_timeout:
         raise s.error(s.key("visibility_timeout"), f"expected at least 2 x limits.photo_timeout = {2 * limits.photo_timeout:g} s (a photo held longer would run twice at once)", celery.visibility_timeout)
@@ -568,7 +403,7 @@ def _parse_celery(s: _Section, limits: LimitsConfig) -> CeleryConfig:
     return celery
 
 
-def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateConfig) -> None:
+def _check_under_system_unit(top: Section, output: OutputConfig, state: StateConfig) -> None:
     """What cannot work under the shipped system units: they set THUMBWATCH_UNIT=system and
     StateDirectory= (the only writable state folder under ProtectSystem=strict)."""
     if os.environ.get("THUMBWATCH_UNIT") == "system" and output.style == "freedesktop":
@@ -580,7 +415,7 @@ def _check_under_system_unit(top: _Section, output: OutputConfig, state: StateCo
         raise top.error("state.dir", f"expected the unit's StateDirectory= {granted[0]} (the only state folder it may write)", str(state.dir))
 
 
-def _check_output_outside_roots(top: _Section, watch: WatchConfig, output: OutputConfig) -> None:
+def _check_output_outside_roots(top: Section, watch: WatchConfig, output: OutputConfig) -> None:
     """No watched folder may be, or lie inside, a thumbnail tree: thumbnails would be taken for
     photos (thumbnails of thumbnails without end) or, with one size, every photo for output.
     Compared with symlinks resolved, as the kernel will see them."""

@@ -1,8 +1,8 @@
-"""The supervisor: start order, the step() loop, signals, reload, drain, status.
+"""The supervisor: start order, the step() loop, signals, reload, drain.
 
-What to render is admission's business (admission.py), rendering is the executor's (pool.py
-locally, backends/celery for render hosts); this module only runs the loop that connects
-them. Start order: state → executor (workers spawned before any thread of ours) → observers →
+What to render is admission's business (admission.py), rendering is the executor's (built by
+backends.make_executor), the thumbnail tree is thumbtree's and what the daemon says about itself
+is status's; this module only runs the loop that connects them. Start order: state → executor (workers spawned before any thread of ours) → observers →
 ready → catch-up scan. Signal handlers only record the signal; step() reads it and calls the
 one handler for that signal. step() waits on the executor's waitables and a wake-up pipe, so
 an idle daemon sleeps in select(). Whatever goes wrong in the loop, drain() still runs: the
@@ -21,32 +21,23 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from . import __version__, config as config_mod, logsetup
-from .admission import Admission, Stats
+from .admission import Admission
+from .backends import make_executor
 from .config import EX_CONFIG, Config, ConfigError
 from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
 from .render import RenderSettings
 from .scan import Scanner, ScanReport
-from .thumbtree import carry_thumbnails, remove_stale_temps, sweep_orphans
-from .state import STATUS, FailureStore, write_json_atomic
+from .state import FailureStore
+from .status import Stats, Status, summary
 from .systemd import Notifier
+from .thumbtree import remove_stale_temps
 from .watching import Watching
 
 logger = logging.getLogger("watcher")
 
 PERIODIC = 0.5  # seconds between housekeeping passes
-STATUS_EVERY = 2.0
-
-
-def make_executor(config: Config) -> Executor:
-    if config.workers.backend == "celery":
-        from .backends.celery.backend import CeleryExecutor
-
-        return CeleryExecutor(config)
-    from .backends.local.pool import LocalPool
-
-    return LocalPool(config.workers.count, memory_mb=config.limits.worker_memory_mb, photo_timeout=config.limits.photo_timeout)
 
 
 class Service:
@@ -75,13 +66,11 @@ class Service:
         self.catchup_done = threading.Event()
         self.scanner: Scanner | None = None
         self.watching = Watching(config, self.rules, self.notice, self.rescan)
+        self.status = Status(config, self.rules, stats=self.stats, admission=self.admission, executor=self.executor,
+                             watching=self.watching, failures=self.failures, notifier=self.notifier, clock=clock)
         self._last_periodic = 0.0
-        self._last_status = 0.0
         self._last_watchdog = 0.0
-        self._last_progress = clock()
-        self._progress_done = 0
         self._last_rescan = clock()
-        self._status_text = ""
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -134,15 +123,15 @@ class Service:
         if cfg.metrics.port is not None:
             from . import metrics
 
-            metrics.start(cfg.metrics, lambda: self.status("running"))
+            metrics.start(cfg.metrics, lambda: self.status.snapshot("running"))
         self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done)
         self.scanner.start()
         if not self.one_shot:
             self.watching.start()
-        renderers = "render hosts" if cfg.workers.backend == "celery" else f"{cfg.workers.count} workers"
-        self._write_status("running", force=True)  # first: whoever reads "ready" can ask for the status
-        logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), renderers, " (one-shot scan)" if self.one_shot else "")
-        self.notifier.ready(self._status_line())
+        self.status.write("running", force=True)  # first: whoever reads "ready" can ask for the status
+        logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), summary(self.executor),
+                    " (one-shot scan)" if self.one_shot else "")
+        self.notifier.ready(self.status.line())
         self.rescan("catch-up", self.rules.roots)
 
     # ---- the loop -------------------------------------------------------------------------
@@ -173,14 +162,9 @@ class Service:
             deadline = self.executor.next_deadline()
             if deadline is not None:  # wake exactly when the oldest photo in hand runs out of time
                 timeout = max(0.0, min(timeout, deadline - self.clock()))
-        ready = wait(self.executor.waitables() + [self.wake_r], timeout)
-        if self.wake_r in ready:
-            self._drain_wake_pipe()
-        self._handle_signals()
+        self._wait_and_collect(timeout)
         if self.stopping:
             return
-        for outcome in self.executor.collect(ready, self.clock()):
-            self.admission.on_outcome(outcome)
         self._handle_notices()
         now = self.clock()
         if now - self._last_periodic >= PERIODIC:
@@ -195,12 +179,18 @@ class Service:
                 return
             self.executor.submit(job, self.settings)
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
+    def _wait_and_collect(self, timeout: float) -> None:
+        """The part of a turn that goes on while draining: wait, act on signals, take outcomes in."""
+        ready = wait(self.executor.waitables() + [self.wake_r], timeout)
+        if self.wake_r in ready:
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+        self._handle_signals()
+        for outcome in self.executor.collect(ready, self.clock()):
+            self.admission.on_outcome(outcome)
 
     # ---- signals: one handler each --------------------------------------------------------
 
@@ -241,6 +231,10 @@ class Service:
                     admission.settle(notice.path)
                 case "created":
                     admission.created(notice.path)
+                case "writing":
+                    admission.writing(notice.path)
+                case "attrib":
+                    admission.attributes_changed(notice.path)
                 case "deleted":
                     admission.deleted(notice.path)
                 case "new-dir":
@@ -250,51 +244,24 @@ class Service:
                     if not notice.polled and os.path.isdir(notice.path) and self.rules.followable(notice.path):
                         self.rescan("new folder", (notice.path,))
                 case "dir-moved":
-                    self._folder_moved(notice.path, notice.dest, walk=not notice.polled)
+                    if admission.folder_moved(notice.path, notice.dest):
+                        if not notice.polled:  # a poll names every photo of it; a walk would find states it never saw
+                            self.rescan("new folder", (notice.dest,))
+                    else:
+                        self._resync_later(notice.path)
                 case "dir-deleted":
-                    self._folder_gone(notice.path)
+                    if notice.path in self.rules.roots:
+                        self.watching.check()
+                    else:
+                        self._resync_later(notice.path)
+                        admission.folder_gone(notice.path)
 
-    def _folder_moved(self, src: str, dest: str, walk: bool = True) -> None:
-        """A folder renamed inside the tree takes its thumbnails along (its photos keep their
-        identity, so nothing is rendered again; photos in flight are looked at again under their
-        new names); moved out, its thumbnails go. `walk`: look through it for photos the events
-        did not name (not after a poll, which names every one)."""
-        if not dest or not self.rules.followable(dest):
-            self._folder_gone(src)
-            return
-        if os.path.lexists(dest) and not os.path.isdir(dest):
-            # a poll paired a folder that went with a new file that got its inode number
-            self._folder_gone(src)
-            if self.rules.wants(dest):
-                self.admission.settle(dest)
-            return
-        self.admission.folder_moved(src, dest)
-        if self.config.output.style != "freedesktop":
-            old, new = self.rules.folder(src), self.rules.folder(dest)
-            for (_size, before), (_same, after) in zip(old.bases, new.bases):
-                if before != after and os.path.isdir(before):
-                    carry_thumbnails(before, after)
-        if walk:
-            self.rescan("new folder", (dest,))
-
-    def _folder_gone(self, folder: str) -> None:
-        if folder in self.rules.roots:
-            self.watching.check()
-            return
+    def _resync_later(self, folder: str) -> None:
+        """A folder left the tree: the inotify watches of its root need renewing (see
+        Watching.resync), at the next housekeeping pass."""
         root = self.rules.root_of(folder)
         if root is not None and not self.one_shot:
-            self.resync.add(root)  # its watches went with it (see Watching.resync)
-        if os.path.lexists(folder) or not self.rules.sweepable() or not self.config.output.delete_with_photo:
-            return
-        bases = [base for _size, base in self.rules.folder(folder).bases if os.path.isdir(base)]
-        removed = sweep_orphans(self.rules, bases, set(), time.time_ns())
-        for base in bases:
-            try:
-                os.rmdir(base)
-            except OSError:
-                pass
-        if removed:
-            logger.info("removed %d thumbnail(s) of folder %s, gone from the watched tree", removed, shown(folder))
+            self.resync.add(root)
 
     def _scan_done(self, report: ScanReport) -> None:
         text = "%s done: found=%d queued=%d skipped=%d failed_before=%d settling=%d in %.2f s"
@@ -323,9 +290,9 @@ class Service:
             if interval and now - self._last_rescan >= interval:
                 self._last_rescan = now
                 self.rescan("rescan", self.rules.roots)
-        self._progress(now)
-        if now - self._last_status >= STATUS_EVERY:
-            self._write_status("running")
+        self.status.progress(now)
+        if self.status.due(now):
+            self.status.write("running")
             self._save_failures()
         interval_wd = self.notifier.watchdog_interval()
         if interval_wd and now - self._last_watchdog >= interval_wd:
@@ -351,65 +318,6 @@ class Service:
         except OSError as err:
             logger.error("cannot save failure records: %s", err)
 
-    def _progress(self, now: float) -> None:
-        interval = self.config.log.progress_interval
-        if not interval or now - self._last_progress < interval:
-            return
-        in_flight = self.executor.in_flight()
-        backlog = self.admission.waiting() + in_flight
-        done = self.stats.done + self.stats.failed
-        rate = (done - self._progress_done) / (now - self._last_progress)
-        self._last_progress, self._progress_done = now, done
-        if backlog:
-            eta = f"{backlog / rate:.0f} s" if rate > 0 else "unknown"
-            logger.info("progress: done=%d failed=%d queued=%d in_flight=%d rate=%.1f/s eta=%s",
-                        self.stats.done, self.stats.failed, self.admission.waiting(), in_flight, rate, eta)
-
-    def _status_line(self) -> str:
-        return (
-            f"watching {len(self.watching.watches)} folders, {self.config.workers.count} workers, "
-            f"{self.stats.done} done, {self.stats.failed} failed, queue {self.admission.waiting()}"
-        )
-
-    def status(self, state: str) -> dict:
-        live, scan = self.admission.queue.lengths()
-        return {
-            "pid": os.getpid(),
-            "state": state,
-            "version": __version__,
-            "config": str(self.config.source),
-            "started": self.stats.started,
-            "uptime": round(time.time() - self.stats.started, 1),
-            "folders": list(self.rules.roots),
-            "missing_folders": sorted(self.watching.missing),
-            **self.executor.describe(),
-            "done": self.stats.done,
-            "failed": self.stats.failed,
-            "skipped": self.stats.skipped,
-            "retried": self.stats.retried,
-            "vanished": self.stats.vanished,
-            "queue": self.admission.waiting(),
-            "queue_live": live,
-            "queue_scan": scan,
-            "in_flight": self.executor.in_flight(),
-            "settling": len(self.admission.settling),
-            "render_ms_p50": self.stats.percentile(0.5),
-            "render_ms_p95": self.stats.percentile(0.95),
-            "output_blocked": self.admission.block.reason if self.admission.block else None,
-            "failure_records": len(self.failures),
-        }
-
-    def _write_status(self, state: str, force: bool = False) -> None:
-        self._last_status = self.clock()
-        try:
-            write_json_atomic(self.config.state.dir / STATUS, self.status(state))
-        except OSError as err:
-            logger.warning("cannot write status file: %s", err)
-        line = self._status_line()
-        if force or line != self._status_text:
-            self._status_text = line
-            self.notifier.status(line)
-
     # ---- reload ---------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -419,7 +327,7 @@ class Service:
         except ConfigError as err:
             logger.error("reload refused, still running the previous config: %s", err)
             logsetup.reopen()
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(self.status.line())
             return
         changes = _diff(self.config.effective(), new.effective())
         logsetup.configure(new.log)
@@ -428,6 +336,7 @@ class Service:
         self.rules = PathRules(new)
         self.settings = RenderSettings(new.output, new.limits.max_pixels)
         self.admission.reconfigure(new, self.rules)
+        self.status.reconfigure(new, self.rules)
         if not self.one_shot:
             self.watching.update(new, self.rules)
         self.executor.set_limits(memory_mb=new.limits.worker_memory_mb, photo_timeout=new.limits.photo_timeout)
@@ -438,8 +347,8 @@ class Service:
             logger.warning("these changes take effect at the next restart: %s", "; ".join(restart_needed))
         logger.info("reloaded %s: %s", new.source, "; ".join(changes) if changes else "nothing changed")
         self.rescan("reload rescan", self.rules.roots)
-        self._write_status("running", force=True)
-        self.notifier.ready(self._status_line())
+        self.status.write("running", force=True)
+        self.notifier.ready(self.status.line())
 
     def _reload_failures(self) -> None:
         """`thumbwatch retry` may have cleared records on disk (records not yet saved stay):
@@ -457,11 +366,8 @@ class Service:
         save state. Queued work is found again by the next start's catch-up."""
         in_hand = self.executor.in_hand()
         waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
-        if self.config.workers.backend == "celery":
-            logger.info("draining: %d photo(s) with the render hosts (they finish them), %d queued here (found again by "
-                        "the next start's catch-up)", in_hand, waiting)
-        else:
-            logger.info("draining: %d photo(s) in hand, %d queued (found again by the next start's catch-up)", in_hand, waiting)
+        logger.info("draining: %d photo(s) in hand with %s, %d queued (found again by the next start's catch-up)",
+                    in_hand, summary(self.executor), waiting)
         self.executor.drain()  # first: from now on nothing starts that wasn't already started
         self.notifier.stopping(f"draining: {in_hand} in flight")
         self.watching.stop()
@@ -470,12 +376,7 @@ class Service:
         deadline = self.clock() + self.config.workers.drain_timeout
         try:
             while not self.executor.finished() and self.clock() < deadline and not self.forced:
-                ready = wait(self.executor.waitables() + [self.wake_r], 0.5)
-                if self.wake_r in ready:
-                    self._drain_wake_pipe()
-                self._handle_signals()
-                for outcome in self.executor.collect(ready, self.clock()):
-                    self.admission.on_outcome(outcome)
+                self._wait_and_collect(0.5)
         except Exception:
             logger.exception("bug while draining (please report it); stopping at once")
         if not self.executor.finished():
@@ -485,7 +386,7 @@ class Service:
         if self.scanner is not None:
             self.scanner.join(5)
         self._save_failures()
-        self._write_status("stopped", force=True)
+        self.status.write("stopped", force=True)
         logger.info(
             "stopped: done=%d failed=%d skipped=%d retried=%d uptime=%.0f s",
             self.stats.done, self.stats.failed, self.stats.skipped, self.stats.retried, time.time() - self.stats.started,

@@ -6,6 +6,15 @@ mtime (at the precision of the file system holding it) and was written after the
 changed (its ctime is not older than the photo's): a file replaced by another with the same name,
 size and mtime has a new ctime, which nobody can set by hand, so it is rendered again; a folder
 renamed keeps its photos' ctimes, so its moved thumbnails stay.
+
+The operations, by who needs them:
+  fresh(st, targets)                 everyone: are these thumbnails the photo's?
+  restamp(st, targets)               the photo's attributes changed, not its content: fresh again
+  remove_thumbnails(targets)         a photo deleted, or failed (its old thumbnail would lie)
+  move_folder_thumbnails(rules, ...) a folder renamed inside the tree: its thumbnails go along
+  remove_folder_thumbnails(rules, f) a folder gone from the tree: its thumbnails go
+  sweep_orphans(rules, ...)          a walk: thumbnails no photo maps to any more
+  remove_stale_temps(rules)          at start (watcher and render hosts): temps of dead processes
 """
 
 from __future__ import annotations
@@ -14,9 +23,10 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 
-from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp
+from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +83,40 @@ def fresh(st: os.stat_result, targets: Sequence[Target]) -> bool:
             thumb = os.stat(target.path)
         except OSError:
             return False
-        step = 1 if thumb.st_mtime_ns == st.st_mtime_ns else GRANULARITY.of(os.path.dirname(target.path), thumb.st_dev)
+        step = _step(st, thumb, target.path)
         if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= step or thumb.st_ctime_ns + step <= st.st_ctime_ns:
             return False
     return True
+
+
+def _step(st: os.stat_result, thumb: os.stat_result, path: str) -> int:
+    """The precision at which the thumbnail at `path` can carry the photo's mtime."""
+    return 1 if thumb.st_mtime_ns == st.st_mtime_ns else GRANULARITY.of(os.path.dirname(path), thumb.st_dev)
+
+
+def restamp(st: os.stat_result, targets: Sequence[Target]) -> bool:
+    """After a change of the photo's attributes alone (owner, mode, ACLs, xattrs, atime, link
+    count: its ctime moved, its content did not), make thumbnails that carry the photo's mtime
+    fresh again by touching their ctime (a utime to the times they have), without decoding.
+    True when the thumbnails are fresh now. Only for a photo known to have had no write since
+    its thumbnails were made: whoever calls this knows that from the events (see admission)."""
+    if fresh(st, targets):
+        return True
+    stamped = []
+    for target in targets:
+        try:
+            thumb = os.stat(target.path)
+        except OSError:
+            return False
+        if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= _step(st, thumb, target.path):
+            return False  # not this version's thumbnail
+        stamped.append((target.path, thumb))
+    for path, thumb in stamped:
+        try:
+            os.utime(path, ns=(thumb.st_atime_ns, thumb.st_mtime_ns))
+        except OSError:
+            return False
+    return fresh(st, targets)
 
 
 def remove_thumbnails(targets: tuple[Target, ...]) -> int:
@@ -154,6 +194,36 @@ def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_n
                     os.rmdir(folder)  # only succeeds when empty
                 except OSError:
                     pass
+    return removed
+
+
+def move_folder_thumbnails(rules: PathRules, src: str, dest: str) -> None:
+    """A photo folder renamed inside the watched tree (`src` -> `dest`): each size's thumbnail
+    folder follows it, so nothing is rendered again. Freedesktop thumbnails are named by the
+    photo's URI and cannot follow: the photos' next look renders them anew."""
+    if rules.config.output.style == "freedesktop":
+        return
+    old, new = rules.folder(src), rules.folder(dest)
+    for (_size, before), (_same, after) in zip(old.bases, new.bases):
+        if before != after and os.path.isdir(before):
+            carry_thumbnails(before, after)
+
+
+def remove_folder_thumbnails(rules: PathRules, folder: str) -> int:
+    """A photo folder seen going from the tree (deleted, or moved out): remove its thumbnail
+    folders (files of ours, then the folders left empty), unless it is there again or the config
+    keeps thumbnails of deleted photos. Returns how many thumbnails went."""
+    if os.path.lexists(folder) or not rules.sweepable() or not rules.config.output.delete_with_photo:
+        return 0
+    bases = [base for _size, base in rules.folder(folder).bases if os.path.isdir(base)]
+    removed = sweep_orphans(rules, bases, set(), time.time_ns())
+    for base in bases:
+        try:
+            os.rmdir(base)
+        except OSError:
+            pass  # not empty: a photo arrived under this name meanwhile
+    if removed:
+        logger.info("removed %d thumbnail(s) of folder %s, gone from the watched tree", removed, shown(folder))
     return removed
 
 
