@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -71,11 +72,22 @@ class Worker:
         return self.jobs[0] if self.jobs else None
 
 
-class LocalPool:
-    """The Executor (see executor.py) made of local worker processes."""
+# What runs in each worker process: (its end of the pipe, limits.worker_memory_mb, the pool's
+# draining Event). It says messages.Hello once ready, answers every RenderPhoto with one result
+# message, and returns on messages.Stop or when the pipe closes.
+WorkerMain = Callable[[Connection, int, Any], None]
 
-    def __init__(self, count: int, *, memory_mb: int, photo_timeout: float):
+
+class LocalPool:
+    """The Executor (see executor.py) made of local worker processes.
+
+    `worker` is the function each process runs (a module-level function, as spawn pickles it by
+    name): worker.worker_main renders; the pool's tests give it small ones that speak the same
+    messages, to drive prefetch, deadlines, deaths and drains in milliseconds."""
+
+    def __init__(self, count: int, *, memory_mb: int, photo_timeout: float, worker: WorkerMain = worker_main):
         self.count = count
+        self.worker = worker
         self.memory_mb = memory_mb
         self.photo_timeout = photo_timeout
         self.ctx = multiprocessing.get_context("spawn")
@@ -101,7 +113,7 @@ class LocalPool:
 
     def spawn_worker(self) -> Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=worker_main, args=(child, self.memory_mb, self.draining_flag), name="thumbwatch-worker", daemon=False)
+        process = self.ctx.Process(target=self.worker, args=(child, self.memory_mb, self.draining_flag), name="thumbwatch-worker", daemon=False)
         # The child inherits a blocked mask, so a Ctrl-C or TERM arriving while it imports cannot
         # kill it; worker_main ignores both before unblocking. The master gets its signal on unblock.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
