@@ -9,14 +9,23 @@ The master is woken only when the queue goes from empty to not empty: while it h
 takes more whenever a worker comes free (and an outcome wakes it for that), so a scan filling
 the queue costs no wake-up, and no half-empty batch, per photo.
 
+The live lane is fair across folders: it takes turns between the folders that have photos
+waiting (a photo's folder is its parent directory), and within one folder it keeps arrival order.
+Every file an rsync or a camera import renames into place is a live event too, so first come,
+first served would make a person's one photo dropped into another folder wait for the whole
+import; taking turns, it waits for at most one photo of each other folder with work waiting.
+
 A path already waiting is not queued twice (duplicate events coalesce; a live event for a path
-the scan already queued moves it to the live lane). A full live lane drops the path and raises
+the scan already queued moves it to the live lane). A full live lane drops a path and raises
 `overflowed`: the master answers with a rescan once there is room, which finds every dropped
-photo again by its stale thumbnail. Scans, which may wait, block for room instead.
+photo again by its stale thumbnail. The path dropped is the newest of the folder holding the
+most, so an import that fills the lane cannot shut out another folder's photo. Scans, which may
+wait, block for room instead.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,10 +33,66 @@ from collections.abc import Callable
 LIVE, SCAN = "live", "scan"
 
 
+class FairLane:
+    """Paths by folder: folders take turns in `pop`, each keeps its paths in arrival order."""
+
+    def __init__(self) -> None:
+        # folder -> its waiting paths, oldest first; the folders in turn order (next turn first)
+        self._folders: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._folders.get(os.path.dirname(path), ())
+
+    def add(self, path: str) -> None:
+        """At the back of its folder; a folder with nothing waiting joins the turns at the back."""
+        paths = self._folders.setdefault(os.path.dirname(path), OrderedDict())
+        if path not in paths:
+            paths[path] = None
+            self._count += 1
+
+    def pop(self) -> str | None:
+        """The oldest path of the folder whose turn it is; that folder goes to the back."""
+        if not self._folders:
+            return None
+        folder, paths = next(iter(self._folders.items()))
+        path = paths.popitem(last=False)[0]
+        self._count -= 1
+        if paths:
+            self._folders.move_to_end(folder)
+        else:
+            del self._folders[folder]
+        return path
+
+    def discard(self, path: str) -> bool:
+        folder = os.path.dirname(path)
+        paths = self._folders.get(folder)
+        if paths is None or paths.pop(path, 0) is not None:
+            return False
+        self._count -= 1
+        if not paths:
+            del self._folders[folder]
+        return True
+
+    def make_room_for(self, path: str) -> str | None:
+        """Full: drop the newest path of the folder holding the most, if that folder holds more
+        than `path`'s would; the path dropped, or None (then `path` is the one to drop)."""
+        own = len(self._folders.get(os.path.dirname(path), ()))
+        biggest = max(self._folders.values(), key=len, default=None)
+        if biggest is None or len(biggest) <= own + 1:
+            return None
+        dropped = biggest.popitem(last=True)[0]
+        self._count -= 1
+        return dropped
+
+
 class JobQueue:
     def __init__(self, maxsize: int, wake: Callable[[], None] = lambda: None):
         self.maxsize = maxsize
-        self._live: OrderedDict[str, None] = OrderedDict()
+        self._live = FairLane()
         self._scan: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
         self._wake = wake
@@ -51,11 +116,12 @@ class JobQueue:
                 return True
             if len(self._live) >= self.maxsize:
                 self.overflowed = True
-                return False
+                if self._live.make_room_for(path) is None:
+                    return False
             was_empty = not (self._live or self._scan)
             if self._scan.pop(path, 0) is None:
                 self._cond.notify()  # room in the scan lane
-            self._live[path] = None
+            self._live.add(path)
         if was_empty:
             self._wake()
         return True
@@ -77,7 +143,7 @@ class JobQueue:
     def pop(self) -> str | None:
         with self._cond:
             if self._live:
-                return self._live.popitem(last=False)[0]
+                return self._live.pop()
             if self._scan:
                 path = self._scan.popitem(last=False)[0]
                 self._cond.notify()
@@ -86,7 +152,7 @@ class JobQueue:
 
     def discard(self, path: str) -> bool:
         with self._cond:
-            found = self._live.pop(path, 0) is None or self._scan.pop(path, 0) is None
+            found = self._live.discard(path) or self._scan.pop(path, 0) is None
             self._cond.notify()
             return found
 
