@@ -5,10 +5,16 @@ import os
 import random
 import threading
 
+import pytest
+
 from PIL import Image
 
 from helpers import corner_colour, heavy, is_blue, jpeg_bytes, make_jpeg, thumb
-from watcher.jobs import LIVE, SCAN, JobQueue
+from watcher.admission import Admission, Stats
+from watcher.config import parse
+from watcher.jobs import LIVE, SCAN, JobQueue, top_level
+from watcher.paths import PathRules
+from watcher.state import FailureStore
 
 
 def test_duplicates_coalesce_and_order_is_kept():
@@ -106,11 +112,55 @@ def test_folders_take_turns_in_the_order_they_got_work():
     assert drain(q) == ["/p/a/1", "/p/b/1", "/p/c/1", "/p/a/2", "/p/b/2", "/p/a/3", "/p/a/4", "/p/a/5"]
 
 
-def test_a_folder_is_its_parent_directory_not_its_top_level_folder():
-    q = JobQueue(100)
+def test_top_level_folders_take_turns_however_many_folders_an_import_spreads_over():
+    q = JobQueue(1000, root_of=lambda path: "/p")
+    for i in range(5):
+        for folder in range(20):  # rsync of a tree: 20 folders of 5
+            q.offer(f"/p/alice/{folder:02d}/{i}.jpg")
+    q.offer("/p/bob/drop.jpg")
+    q.offer("/p/right-in-the-root.jpg")
+    popped = drain(q)
+    assert popped[:3] == ["/p/alice/00/0.jpg", "/p/bob/drop.jpg", "/p/right-in-the-root.jpg"]
+    assert popped[3:23] == [f"/p/alice/{folder:02d}/0.jpg" for folder in range(1, 20)] + ["/p/alice/00/1.jpg"], \
+        "inside a top-level folder, its folders take turns"
+
+
+def test_without_roots_folders_alone_take_turns():
+    q = JobQueue(1000)
+    for i in range(2):
+        for folder in range(3):
+            q.offer(f"/p/alice/{folder}/{i}.jpg")
+    q.offer("/p/bob/drop.jpg")
+    assert drain(q)[:5] == ["/p/alice/0/0.jpg", "/p/alice/1/0.jpg", "/p/alice/2/0.jpg", "/p/bob/drop.jpg", "/p/alice/0/1.jpg"]
+
+
+def test_inside_one_top_level_folder_its_folders_take_turns():
+    q = JobQueue(100, root_of=lambda path: "/p")
     for path in ["/p/2024/trip/1", "/p/2024/trip/2", "/p/2024/trip/3", "/p/2024/party/1", "/p/2024/1"]:
         q.offer(path)
     assert drain(q) == ["/p/2024/trip/1", "/p/2024/party/1", "/p/2024/1", "/p/2024/trip/2", "/p/2024/trip/3"]
+
+
+def test_top_level_folder_of_a_path():
+    # written from the rule: the first folder under the root; the root for a photo right in it
+    assert top_level("/srv/photos/alice/2024/trip/a.jpg", "/srv/photos") == "/srv/photos/alice"
+    assert top_level("/srv/photos/alice/a.jpg", "/srv/photos") == "/srv/photos/alice"
+    assert top_level("/srv/photos/a.jpg", "/srv/photos") == "/srv/photos"
+    assert top_level("/elsewhere/a.jpg", None) == ""
+
+
+def test_admission_queues_by_the_watched_roots_top_level_folders(tmp_path):
+    """The wiring: admission gives the queue its roots (a live event goes through arrived())."""
+    (tmp_path / "photos").mkdir()
+    config = parse({"watch": {"paths": ["photos"]}, "state": {"dir": "state"}}, file=tmp_path / "config.yaml", base_dir=tmp_path)
+    admission = Admission(config, PathRules(config), FailureStore(tmp_path / "state"), Stats())
+    root = str(tmp_path / "photos")
+    for i in range(3):
+        for folder in range(4):
+            admission.arrived(f"{root}/alice/{folder}/{i}.jpg")
+    admission.arrived(f"{root}/bob/drop.jpg")
+    assert admission.where(f"{root}/bob/drop.jpg") == "queued"
+    assert [admission.queue.pop() for _ in range(2)] == [f"{root}/alice/0/0.jpg", f"{root}/bob/drop.jpg"]
 
 
 def test_a_folder_that_ran_dry_joins_the_turns_at_the_back():
@@ -151,22 +201,39 @@ def test_a_full_live_lane_drops_the_newest_of_the_biggest_folder_not_a_newcomer(
     assert drain(q) == ["/p/import/1", "/p/mine/drop", "/p/other/x", "/p/more/y"]
 
 
-def test_randomized_no_photo_waits_for_more_than_one_turn_of_each_folder_ahead_of_it():
+def test_a_full_lane_drops_from_the_biggest_top_level_folder_first():
+    q = JobQueue(4, root_of=lambda path: "/p")
+    for path in ["/p/imp/d1/1", "/p/imp/d1/2", "/p/imp/d2/1", "/p/bob/1"]:
+        q.offer(path)
+    assert q.offer("/p/carol/1") and q.lane_of("/p/imp/d1/2") is None, "imp holds 3: its biggest folder's newest goes"
+    assert q.offer("/p/bob/2") is False, "imp 2, bob 1: bob's own newcomer is dropped"
+    assert drain(q) == ["/p/imp/d1/1", "/p/bob/1", "/p/carol/1", "/p/imp/d2/1"]
+
+
+@pytest.mark.parametrize("with_roots", [False, True])
+def test_randomized_no_photo_waits_for_more_than_one_turn_of_each_group_ahead_of_it(with_roots):
+    """The bound, checked against an independent model of what is waiting: a photo that is the
+    first of its group when it arrives (its folder; with roots, its top-level folder) is popped
+    after at most one photo of each other group that was waiting then."""
     seed = random.randrange(1 << 32)
     print(f"seed={seed}")
     rng = random.Random(seed)
-    q = JobQueue(10_000)
-    arrived: dict[str, tuple[int, set[str]]] = {}  # path -> (pops so far, folders waiting then)
-    waiting: dict[str, list[str]] = {}  # an independent model: each folder's paths, in arrival order
+    q = JobQueue(10_000, root_of=(lambda path: "/p") if with_roots else (lambda path: None))
+
+    def group(path: str) -> str:
+        return "/".join(path.split("/")[:3]) if with_roots else os.path.dirname(path)
+
+    arrived: dict[str, tuple[int, set[str]]] = {}  # path -> (pops so far, groups waiting then)
+    waiting: dict[str, list[str]] = {}  # each folder's paths, in arrival order
     pops = 0
     for step in range(3000):
         if rng.random() < 0.55:
-            folder = f"/p/{rng.choice('abcdefg') if rng.random() < 0.3 else 'import'}"
-            path = f"{folder}/{step}"
-            ahead = {f for f, paths in waiting.items() if paths}
+            top = rng.choice("abcdefg") if rng.random() < 0.3 else "import"
+            path = f"/p/{top}/{rng.choice('xyz') if top == 'import' else 'x'}/{step}"
+            ahead = {group(paths[0]) for paths in waiting.values() if paths}
             q.offer(path)
             arrived[path] = (pops, ahead)
-            waiting.setdefault(folder, []).append(path)
+            waiting.setdefault(os.path.dirname(path), []).append(path)
         else:
             path = q.pop()
             if path is None:
@@ -177,9 +244,9 @@ def test_randomized_no_photo_waits_for_more_than_one_turn_of_each_folder_ahead_o
             assert waiting[folder][0] == path, f"seed={seed}: within a folder, arrival order"
             waiting[folder].pop(0)
             before, ahead = arrived[path]
-            if folder not in ahead:  # the first of its folder: one pop at most per folder ahead of it
+            if group(path) not in ahead:
                 waited = pops - 1 - before
-                assert waited <= len(ahead), f"seed={seed}: {path} waited {waited} pops behind {len(ahead)} folders"
+                assert waited <= len(ahead), f"seed={seed}: {path} waited {waited} pops behind {len(ahead)} groups"
 
 
 def test_daemon_renders_a_drop_into_another_folder_before_most_of_an_rsync_import(project, start_daemon):

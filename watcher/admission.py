@@ -177,7 +177,7 @@ class Admission:
         self.stats = stats
         self.clock = clock
         self.wallclock = wallclock
-        self.queue = JobQueue(config.workers.queue_size, wake)
+        self.queue = JobQueue(config.workers.queue_size, wake, root_of=lambda path: self.rules.root_of(path))  # fair by top-level folder
         self.held: deque[Job] = deque()
         self.settling = Settler(clock)
         self.in_flight = InFlight()

@@ -9,18 +9,22 @@ The master is woken only when the queue goes from empty to not empty: while it h
 takes more whenever a worker comes free (and an outcome wakes it for that), so a scan filling
 the queue costs no wake-up, and no half-empty batch, per photo.
 
-The live lane is fair across folders: it takes turns between the folders that have photos
-waiting (a photo's folder is its parent directory), and within one folder it keeps arrival order.
-Every file an rsync or a camera import renames into place is a live event too, so first come,
-first served would make a person's one photo dropped into another folder wait for the whole
-import; taking turns, it waits for at most one photo of each other folder with work waiting.
+The live lane is fair across folders. Every file an rsync or a camera import renames into place
+is a live event too, so first come, first served would make a person's one photo dropped into
+another folder wait for the whole import. Instead, folders take turns at two levels: the
+top-level folders (the first folder under a watched root; photos right in the root are a group
+of their own) take turns, then the folders inside each (a photo's folder is its parent
+directory), and within one folder photos keep their arrival order. A photo dropped into another
+top-level folder than an import's waits for at most one photo of each other top-level folder
+with work waiting, however many folders the import spreads over; one dropped beside the import,
+in the same top-level folder, for at most one photo of each folder there with work waiting.
 
 A path already waiting is not queued twice (duplicate events coalesce; a live event for a path
 the scan already queued moves it to the live lane). A full live lane drops a path and raises
 `overflowed`: the master answers with a rescan once there is room, which finds every dropped
-photo again by its stale thumbnail. The path dropped is the newest of the folder holding the
-most, so an import that fills the lane cannot shut out another folder's photo. Scans, which may
-wait, block for room instead.
+photo again by its stale thumbnail. The path dropped is the newest of the biggest folder of the
+biggest group, so an import that fills the lane cannot shut out another folder's photo. Scans,
+which may wait, block for room instead.
 """
 
 from __future__ import annotations
@@ -33,66 +37,102 @@ from collections.abc import Callable
 LIVE, SCAN = "live", "scan"
 
 
-class FairLane:
-    """Paths by folder: folders take turns in `pop`, each keeps its paths in arrival order."""
+def top_level(path: str, root: str | None) -> str:
+    """The group a path takes turns in: the first folder under its watched root, the root for a
+    photo right in it, "" outside every root."""
+    if root is None or not path.startswith(root + os.sep):
+        return ""
+    first, sep, _ = path[len(root) + 1 :].partition(os.sep)
+    return root + os.sep + first if sep else root
 
-    def __init__(self) -> None:
-        # folder -> its waiting paths, oldest first; the folders in turn order (next turn first)
-        self._folders: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
-        self._count = 0
+
+class FairLane:
+    """The live lane's paths: top-level folders take turns, then the folders inside each, and
+    each folder keeps its paths in arrival order."""
+
+    def __init__(self, root_of: Callable[[str], str | None]):
+        self._root_of = root_of
+        # top-level folder -> folder -> paths, oldest first; each level in turn order (next turn first)
+        self._tops: OrderedDict[str, OrderedDict[str, OrderedDict[str, None]]] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # paths waiting per top-level folder
+        self._where: dict[str, tuple[str, str]] = {}  # path -> (top-level folder, folder), as queued
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._where)
 
     def __contains__(self, path: str) -> bool:
-        return path in self._folders.get(os.path.dirname(path), ())
+        return path in self._where
 
     def add(self, path: str) -> None:
-        """At the back of its folder; a folder with nothing waiting joins the turns at the back."""
-        paths = self._folders.setdefault(os.path.dirname(path), OrderedDict())
-        if path not in paths:
-            paths[path] = None
-            self._count += 1
+        """At the back of its folder; a folder (or top-level folder) with nothing waiting joins
+        the turns at the back."""
+        if path in self._where:
+            return
+        top, folder = top_level(path, self._root_of(path)), os.path.dirname(path)
+        self._tops.setdefault(top, OrderedDict()).setdefault(folder, OrderedDict())[path] = None
+        self._sizes[top] = self._sizes.get(top, 0) + 1
+        self._where[path] = (top, folder)
 
     def pop(self) -> str | None:
-        """The oldest path of the folder whose turn it is; that folder goes to the back."""
-        if not self._folders:
+        """The oldest path of the folder whose turn it is, in the top-level folder whose turn it
+        is; both go to the back of their turns."""
+        if not self._tops:
             return None
-        folder, paths = next(iter(self._folders.items()))
-        path = paths.popitem(last=False)[0]
-        self._count -= 1
-        if paths:
-            self._folders.move_to_end(folder)
-        else:
-            del self._folders[folder]
+        folders = next(iter(self._tops.values()))
+        path = next(iter(next(iter(folders.values()))))
+        self._take(path, served=True)
         return path
 
     def discard(self, path: str) -> bool:
-        folder = os.path.dirname(path)
-        paths = self._folders.get(folder)
-        if paths is None or paths.pop(path, 0) is not None:
+        if path not in self._where:
             return False
-        self._count -= 1
-        if not paths:
-            del self._folders[folder]
+        self._take(path, served=False)
         return True
 
     def make_room_for(self, path: str) -> str | None:
-        """Full: drop the newest path of the folder holding the most, if that folder holds more
-        than `path`'s would; the path dropped, or None (then `path` is the one to drop)."""
-        own = len(self._folders.get(os.path.dirname(path), ()))
-        biggest = max(self._folders.values(), key=len, default=None)
-        if biggest is None or len(biggest) <= own + 1:
+        """Full: drop the newest path of the biggest folder in the biggest top-level folder, if
+        that holds more than `path`'s would, else the same within `path`'s own top-level folder.
+        The path dropped, or None (then `path` is the one to drop)."""
+        top = top_level(path, self._root_of(path))
+        biggest = max(self._sizes, key=self._sizes.__getitem__, default=None)
+        if biggest is None:
             return None
-        dropped = biggest.popitem(last=True)[0]
-        self._count -= 1
+        if biggest != top and self._sizes[biggest] > self._sizes.get(top, 0) + 1:
+            folders = self._tops[biggest]
+        elif top in self._tops:
+            folders, own = self._tops[top], len(self._tops[top].get(os.path.dirname(path), ()))
+            if max(len(paths) for paths in folders.values()) <= own + 1:
+                return None
+        else:
+            return None
+        dropped = next(reversed(max(folders.values(), key=len)))
+        self._take(dropped, served=False)
         return dropped
+
+    def _take(self, path: str, *, served: bool) -> None:
+        """Remove a path; a folder that had its turn (`served`) goes to the back of its turns."""
+        top, folder = self._where.pop(path)
+        folders = self._tops[top]
+        paths = folders[folder]
+        del paths[path]
+        self._sizes[top] -= 1
+        if not paths:
+            del folders[folder]
+        elif served:
+            folders.move_to_end(folder)
+        if not folders:
+            del self._tops[top], self._sizes[top]
+        elif served:
+            self._tops.move_to_end(top)
 
 
 class JobQueue:
-    def __init__(self, maxsize: int, wake: Callable[[], None] = lambda: None):
+    def __init__(self, maxsize: int, wake: Callable[[], None] = lambda: None,
+                 root_of: Callable[[str], str | None] = lambda path: None):
+        """`root_of(path)`: the watched root a path is under (PathRules.root_of), for the live
+        lane's top-level folders; without it, the folders alone take turns."""
         self.maxsize = maxsize
-        self._live = FairLane()
+        self._live = FairLane(root_of)
         self._scan: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
         self._wake = wake
