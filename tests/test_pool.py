@@ -82,8 +82,17 @@ def _act(job_id, path, targets, *outputs):
         while True:
             signal.pause()
     elif name.startswith("bug-"):
-        return msg.Bug(job_id, "Traceback (most recent call last):\nZeroDivisionError: test")
-    return msg.Done(job_id, outputs, 1.0)
+        return bug(job_id, "Traceback (most recent call last):\nZeroDivisionError: test")
+    return done(job_id, outputs, 1.0)
+
+
+# How a worker says how a photo ended (the one place to change if that message changes).
+def done(job_id, outputs, ms):
+    return msg.Done(job_id, outputs, ms)
+
+
+def bug(job_id, traceback):
+    return msg.Bug(job_id, traceback)
 
 
 # ---- driving the pool as the master does ---------------------------------------------------------
@@ -273,6 +282,11 @@ def test_a_bug_in_the_render_code_is_reported_and_the_worker_goes_on(make_pool, 
     crashed, rendered = run_until(pool, lambda o: len(o) == 2)
     assert isinstance(crashed, Crashed) and crashed.job == buggy and "ZeroDivisionError" in crashed.traceback
     assert isinstance(rendered, Rendered) and pid_of(rendered) == pool.workers[0].pid
+
+
+def test_the_pool_says_what_it_is():
+    assert LocalPool(2, memory_mb=500, photo_timeout=30.0).summary() == "2 workers"
+    assert LocalPool(1, memory_mb=500, photo_timeout=30.0).summary() == "1 worker"
 
 
 def test_workers_that_cannot_start_stop_the_pool_instead_of_looping(photos):

@@ -341,3 +341,6 @@ class LocalPool:
 
     def describe(self) -> dict[str, Any]:
         return {"workers": [w.pid for w in self.workers]}
+
+    def summary(self) -> str:
+        return f"{self.count} worker{'s' if self.count != 1 else ''}"
