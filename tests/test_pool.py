@@ -193,8 +193,8 @@ def test_prefetch_only_behind_a_small_photo(make_pool, photos):
     assert run_until(pool, lambda _: photos.started(first)) == []
     first_deadline = pool.next_deadline()
     photos.go(first)
-    (done,) = run_until(pool, lambda o: len(o) == 1)
-    assert done.job == first and pool.in_hand() == 1
+    (finished,) = run_until(pool, lambda o: len(o) == 1)
+    assert finished.job == first and pool.in_hand() == 1
     assert pool.next_deadline() > first_deadline, "the prefetched photo's time limit starts when the one before it ends"
     photos.go(second)
     assert [o.job for o in run_until(pool, lambda o: len(o) == 1)] == [second]
