@@ -1,8 +1,8 @@
 """`python -m bench.fair`: issue 19's fair live lane, measured on a real daemon.
 
 A person drops photos into folder B, one at a time, while 2,000 photos are copied into folder A
-the way rsync copies them (each written under a hidden temp name in A, then renamed into place:
-every rename is a live event, as the drop is). Each drop's latency is its close to its "ok" line.
+the way rsync copies them, by a process of its own (each written under a hidden temp name in A,
+then renamed into place: every rename is a live event, as the drop is). Each drop's latency is its close to its "ok" line.
 The same drops into the same daemon while it is idle, before the import and after it, give the
 idle figures.
 
@@ -21,6 +21,7 @@ corpus is cached (its first run also generates 64 photos, a few seconds).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import re
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -79,14 +81,16 @@ def drop(daemon: BenchDaemon, folder: Path, name: str, blob: bytes) -> tuple[flo
     return closed, (daemon.wait_ok(name, timeout=600) - closed) * 1000
 
 
-def rsync_copy(blobs: list[bytes], names: list[str], folder: Path, done: list[float]) -> None:
-    """Write each photo under a hidden temp name beside its final name, then rename it into place."""
+def rsync_copy(sources: list[str], names: list[str], folder: str, ended: Any) -> None:
+    """rsync's way, in a process of its own as rsync is: write each photo under a hidden temp
+    name beside its final name, then rename it into place."""
+    blobs = [Path(source).read_bytes() for source in sources]
     for i, name in enumerate(names):
-        temp = folder / f".{name}.{secrets.token_hex(3)}"
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(3)}")
         with open(temp, "wb") as f:
             f.write(blobs[i % len(blobs)])
-        os.rename(temp, folder / name)
-    done.append(time.perf_counter())
+        os.rename(temp, os.path.join(folder, name))
+    ended.value = time.monotonic()
 
 
 def fresh_tree() -> Path:
@@ -98,7 +102,8 @@ def fresh_tree() -> Path:
 
 
 def measure(import_count: int, idle_drops: int) -> dict:
-    blobs = [p.read_bytes() for p in corpus.photo_set("cam2", DISTINCT, 1632, 1224)]
+    sources = corpus.photo_set("cam2", DISTINCT, 1632, 1224)
+    blobs = [p.read_bytes() for p in sources]
     timer = threading.Event()  # never set: its wait() is a sleep that is not a poll
     photos = fresh_tree()
     names = [f"imp{i:05d}.jpg" for i in range(import_count)]
@@ -115,18 +120,21 @@ def measure(import_count: int, idle_drops: int) -> dict:
             timer.wait(DROP_GAP_S)
         return done
 
-    copied: list[float] = []
     try:
         daemon.wait_line(r"catch-up done")
         timer.wait(1.0)  # let it go idle
         # idle drops before and after the import, in the same daemon: load from elsewhere on a
         # shared box drifts, and this way it drifts under both alike
         idle = drops_into_b(idle_drops)
-        started = time.perf_counter()
-        copier = threading.Thread(target=rsync_copy, args=(blobs, names, photos / "A", copied))
+        ctx = multiprocessing.get_context("spawn")
+        copy_ended = ctx.Value("d", 0.0)
+        copier = ctx.Process(target=rsync_copy, args=([str(p) for p in sources], names, str(photos / "A"), copy_ended))
+        started, started_mono = time.perf_counter(), time.monotonic()
         copier.start()
         busy = drops_into_b(0, until=lambda: sum(1 for n in names if n in daemon.ok_at) < STOP_DROPPING_AT * import_count)
         copier.join()
+        if copier.exitcode != 0:
+            raise RuntimeError(f"the copy ended with exit code {copier.exitcode}")
         daemon.wait_done(import_count + idle_drops + len(busy), timeout=600)
         finished = daemon.done_at
         timer.wait(1.0)
@@ -144,7 +152,7 @@ def measure(import_count: int, idle_drops: int) -> dict:
     own = {label: [daemon.ok_ms[f"drop{i:03d}.jpg"] for i in ids] for label, ids in
            (("idle", [*range(idle_drops), *range(idle_drops + len(busy), drops)]), ("busy", range(idle_drops, idle_drops + len(busy))))}
     return {
-        "import": import_count, "copy_s": copied[0] - started, "import_s": finished - started,
+        "import": import_count, "copy_s": copy_ended.value - started_mono, "import_s": finished - started,
         "render_ms": statistics.median(renders), "render_p10": pct(renders, 0.1), "render_p90": pct(renders, 0.9),
         "idle": [ms for _, ms in idle], "busy": [ms for _, ms in busy], "ahead": ahead, "overflows": overflows,
         "own_idle": statistics.median(own["idle"]), "own_busy": statistics.median(own["busy"]),
