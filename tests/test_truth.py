@@ -505,7 +505,9 @@ def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start
         return [Path(d) for d, _s, _f in os.walk(root) if not d.startswith(str(root / "thumbs"))]
 
     def photos(where: Path = root) -> list[Path]:
-        return [Path(d) / f for d, _s, fs in os.walk(where) if not d.startswith(str(root / "thumbs")) for f in fs]
+        # not the watcher's root marker (roots.py): renamed to a photo's name, it would be a photo that is JSON
+        return [Path(d) / f for d, _s, fs in os.walk(where) if not d.startswith(str(root / "thumbs")) for f in fs
+                if f != ".thumbwatch-root"]
 
     def write(path: Path) -> None:
         path.write_bytes(flat_jpeg_bytes(palette(next(colours))))

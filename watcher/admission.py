@@ -170,8 +170,9 @@ class InFlight:
 class Admission:
     def __init__(self, config: Config, rules: PathRules, failures: FailureStore, stats: Stats, *,
                  wake: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time):
+                 wallclock: Callable[[], float] = time.time, present: Callable[[str], bool] = lambda path: True):
         self.config = config
+        self.present = present  # roots.py: is the root of this path there? Nothing is removed under one that is not
         self.rules = rules
         self.failures = failures
         self.stats = stats
@@ -290,7 +291,7 @@ class Admission:
         self.queue.discard(path)
         self.settling.discard(path)
         self.failures.forget(path)
-        if self.config.output.delete_with_photo:
+        if self.config.output.delete_with_photo and self.present(path):
             removed = remove_thumbnails(self.rules.targets(path))
             if removed:
                 logger.log(_photo_level(self.config), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
@@ -316,7 +317,8 @@ class Admission:
 
     def folder_gone(self, folder: str) -> None:
         """A folder of the tree seen going (deleted, or moved out): its thumbnails go too."""
-        remove_folder_thumbnails(self.rules, folder)
+        if self.present(folder):  # not when its root is unavailable (roots.py): then it is only out of sight
+            remove_folder_thumbnails(self.rules, folder)
 
     # ---- handing out work -------------------------------------------------------------------
 
@@ -427,6 +429,9 @@ class Admission:
     def _fail(self, path: str, st: os.stat_result | None, reason: str, *, log: bool = True) -> None:
         """Record it so it isn't retried until it changes; a thumbnail of what it held before
         would show the wrong picture, so it goes."""
+        if not self.present(path):
+            logger.debug("not recorded as failed, its watched folder is unavailable: %s (%s)", shown(path), reason)
+            return
         self.stats.failed += 1
         self.failures.record(path, st, reason)
         if st is not None and self.config.output.style != "freedesktop" and self.rules.wants(path):

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__, instance
@@ -64,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--daemon", action="store_true", help="detach as a classic daemon (not under systemd)")
     run.add_argument("--pidfile", type=Path, help="pid file for --daemon (refuses to start if another instance holds it)")
     command("check-config", cmd_check_config, "validate the config and print it with every default filled in")
-    command("scan", cmd_scan, "one-shot: make every missing or stale thumbnail, then exit")
+    scan = command("scan", cmd_scan, "one-shot: make every missing or stale thumbnail, then exit")
+    scan.add_argument("--confirm-removals", action="store_true",
+                      help="remove thumbnails whose photos are gone even when that is most of a folder's (held otherwise)")
     command("failed", cmd_failed, "list the photos that failed, with reasons")
     retry = command("retry", cmd_retry, "forget failures so those photos are tried again")
     retry.add_argument("paths", nargs="*", help="photos or folders (default: every failure)")
@@ -112,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.confirm_removals:  # lifts the mass-removal guard (roots.py) for this scan only
+        config = replace(config, output=replace(config.output, confirm_mass_removal=False))
     check_folders(config)
     lock = _lock(config)  # noqa: F841
     return _serve(config, one_shot=True)
@@ -135,6 +140,8 @@ def _serve(config: Config, *, one_shot: bool, early_signals: list[int] | None = 
     service.install_signal_handlers()
     service.signals.extend(early_signals or ())
     code = service.run()
+    if one_shot and code == 0 and service.roots.unavailable():
+        return 1  # its ERROR lines said which folders were not there
     if one_shot and code == 0:
         left = _failed_in_tree(config)
         if left or service.stats.failed:
@@ -260,6 +267,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  queue {status['queue']}, in flight {status['in_flight']}, settling {status['settling']}\n"
         f"  render ms p50 {status['render_ms_p50']}, p95 {status['render_ms_p95']}"
         + (f"\n  OUTPUT BLOCKED: {status['output_blocked']}" if status.get("output_blocked") else "")
+        + "".join(f"\n  UNAVAILABLE: {root}: {why}" for root, why in sorted((status.get("unavailable_folders") or {}).items()))
+        + "".join(f"\n  REMOVALS HELD: {n} thumbnail(s) under {root} (`thumbwatch scan --confirm-removals`)"
+                  for root, n in sorted((status.get("removals_held") or {}).items()))
         + _render_hosts(status)
     )
     return 0

@@ -91,6 +91,7 @@ class OutputConfig:
     background: str = "#ffffff"
     delete_with_photo: bool = True
     embedded_preview: bool = False
+    confirm_mass_removal: bool = True  # hold a sweep of most of a root's thumbnails (roots.py)
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,12 @@ def load(path: str | os.PathLike[str], *, base_dir: Path | None = None) -> Confi
 
 def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     top = Section(file, "", data)
-    watch = _parse_watch(top.section("watch", WatchConfig), base_dir)
+    watch, missing = _parse_watch(top.section("watch", WatchConfig), base_dir)
     output = _parse_output(top.section("output", OutputConfig), base_dir)
     workers = _parse_workers(top.section("workers", WorkersConfig))
     limits = _parse_limits(top.section("limits", LimitsConfig))
     state = _parse_state(top.section("state", StateConfig), base_dir)
+    _refuse_missing(missing, state.dir)
     log = _parse_log(top.section("log", LogConfig), base_dir)
     metrics = _parse_metrics(top.section("metrics", MetricsConfig))
     celery = _parse_celery(top.section("celery", CeleryConfig), limits)
@@ -190,12 +192,24 @@ def _resolve(base_dir: Path, raw: str) -> Path:
     return Path(os.path.abspath(base_dir / os.path.expanduser(raw)))
 
 
-def _parse_watch(s: Section, base_dir: Path) -> WatchConfig:
+def _refuse_missing(missing: list[ConfigError], state_dir: Path) -> None:
+    """A missing folder is a config error, unless the last run watched it: then it is a mount
+    that is not there yet, and the daemon waits for it (roots.py)."""
+    from .roots import remembered
+
+    known = remembered(state_dir) if missing else {}
+    for error in missing:
+        if error.args[1] not in known:
+            raise ConfigError(error.args[0])
+
+
+def _parse_watch(s: Section, base_dir: Path) -> tuple[WatchConfig, list[ConfigError]]:
     raw_paths = s.strings("paths", ())  # no default: required
     if not raw_paths:
         raise s.error(s.key("paths"), "expected at least one folder to watch")
     create = s.boolean("create")
     paths = []
+    missing: list[ConfigError] = []
     for raw in raw_paths:
         path = _resolve(base_dir, raw)
         if path in paths:
@@ -203,7 +217,8 @@ def _parse_watch(s: Section, base_dir: Path) -> WatchConfig:
         if path.exists() and not path.is_dir():
             raise s.error(s.key("paths"), f"expected a folder, but {path} is not one")
         if not path.exists() and not create:
-            raise s.error(s.key("paths"), f"folder {path} does not exist (create it, or set watch.create: true)")
+            error = s.error(s.key("paths"), f"folder {path} does not exist (create it, or set watch.create: true)")
+            missing.append(ConfigError(str(error), str(path)))
         paths.append(path)
     for a in paths:
         for b in paths:
@@ -222,7 +237,7 @@ def _parse_watch(s: Section, base_dir: Path) -> WatchConfig:
         rescan_interval=s.number("rescan_interval", low=0.0, allow_zero=True),
     )
     s.close()
-    return watch
+    return watch, missing
 
 
 def _parse_output(s: Section, base_dir: Path) -> OutputConfig:
@@ -261,6 +276,7 @@ def _parse_output(s: Section, base_dir: Path) -> OutputConfig:
         background=_color(s, "background"),
         delete_with_photo=s.boolean("delete_with_photo"),
         embedded_preview=s.boolean("embedded_preview"),
+        confirm_mass_removal=s.boolean("confirm_mass_removal"),
     )
     s.close()
     return output

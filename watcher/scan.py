@@ -20,16 +20,18 @@ from dataclasses import dataclass
 
 from .admission import FAILED_BEFORE, FRESH, SETTLE
 from .paths import PathRules, Target, shown
+from .roots import RootMonitor
 from .thumbtree import sweep_orphans
 
 logger = logging.getLogger(__name__)
 
-def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tuple[Target, ...]]]:
+def walk(rules: PathRules, top: str, unread: list[str] | None = None) -> Iterator[tuple[str, os.stat_result, tuple[Target, ...]]]:
     """Every wanted photo below `top` (a watched root or a folder inside one), with its stat and
     its thumbnails. Folder by folder, so the rules are worked out once per folder.
 
     With watch.follow_symlinks off no symlink is followed, to a file or a folder; with it on, a
-    folder is entered once however many links lead to it, and never when it is an output tree."""
+    folder is entered once however many links lead to it, and never when it is an output tree.
+    `unread` collects the folders that could not be read (their photos are not in the walk)."""
     follow = rules.config.watch.follow_symlinks
     if not os.path.isdir(top) or not rules.followable(top):
         return
@@ -55,6 +57,8 @@ def walk(rules: PathRules, top: str) -> Iterator[tuple[str, os.stat_result, tupl
             continue
         except OSError as err:
             logger.warning("cannot read folder %s: %s", shown(folder), _folder_reason(folder, err))
+            if unread is not None:
+                unread.append(folder)
 
 
 def _folder_reason(folder: str, err: OSError) -> str:
@@ -95,8 +99,10 @@ class Scanner(threading.Thread):
     `admission` gives the verdict and takes the stale photos (scan lane); `settle(path)` hands a
     path that may still be being written to the master."""
 
-    def __init__(self, admission, settle: Callable[[str], None], done: Callable[[ScanReport], None]):
+    def __init__(self, admission, settle: Callable[[str], None], done: Callable[[ScanReport], None],
+                 roots: RootMonitor | None = None):
         super().__init__(name="thumbwatch-scanner", daemon=True)
+        self.roots = roots  # which roots are there (roots.py): nothing is swept under one that is not
         self.admission = admission
         self.settle = settle
         self.done = done
@@ -154,8 +160,12 @@ class Scanner(threading.Thread):
         else:
             sweep_tops = [base for top in tops if top not in rules.roots for _size, base in rules.folder(top).bases]
         expected: set[str] = set()
+        before = self._available_roots(rules, tops)
+        unread: list[str] = []
         for top in tops:
-            for photo, st, targets in walk(rules, top):
+            if rules.root_of(top) not in before:
+                continue  # its root is unavailable (roots.py): what is there now is not our folder
+            for photo, st, targets in walk(rules, top, unread):
                 if self.stop_event.is_set():
                     return None
                 report.found += 1
@@ -172,6 +182,41 @@ class Scanner(threading.Thread):
                 elif self.admission.scanned(photo, self.stop_event):
                     report.queued += 1
         if sweep:
-            report.orphans = sweep_orphans(rules, [o for o in sweep_tops if os.path.isdir(o)], expected, since_ns)
+            report.orphans = self._sweep(rules, tops, sweep_tops, expected, since_ns, before, unread)
         report.seconds = time.monotonic() - started
         return report
+
+    # ---- absence is not deletion (roots.py) ----------------------------------------------------
+
+    def _available_roots(self, rules: PathRules, tops: tuple[str, ...]) -> dict[str, int]:
+        """The roots of `tops` that are available now, each with its epoch (bumped when it goes)."""
+        if self.roots is None:
+            return {root: 0 for root in rules.roots}
+        wanted = {rules.root_of(top) for top in tops}
+        return {root: self.roots.epoch.get(root, 0) for root in rules.roots if root in wanted and self.roots.check(root) is None}
+
+    def _sweep(self, rules: PathRules, tops: tuple[str, ...], sweep_tops: list[str], expected: set[str], since_ns: int,
+               before: dict[str, int], unread: list[str]) -> int:
+        """Sweep only under roots that were there all through the walk (looked at again now, and
+        not gone meanwhile) and whose every folder could be read; a mass removal is held."""
+        if self.roots is None:
+            return sweep_orphans(rules, [o for o in sweep_tops if os.path.isdir(o)], expected, since_ns)
+        for folder in unread:
+            root = rules.root_of(folder)
+            if root is not None:
+                self.roots.check(root)  # an error walking it may be the storage going
+        ok = {root for root, epoch in before.items()
+              if self.roots.check(root) is None and self.roots.epoch.get(root, 0) == epoch
+              and not any(rules.root_of(folder) == root for folder in unread)}
+        confirmed = not rules.config.output.confirm_mass_removal
+        removed = 0
+        for root in sorted(ok):
+            if set(tops) == set(rules.roots):
+                mine = [rules.output_roots[rules.roots.index(root)]]
+            else:
+                mine = [base for top in tops if top not in rules.roots and rules.root_of(top) == root
+                        for _size, base in rules.folder(top).bases]
+            mine = [o for o in mine if os.path.isdir(o)]
+            if mine:
+                removed += sweep_orphans(rules, mine, expected, since_ns, self.roots.removal_guard(root, confirmed=confirmed))
+        return removed

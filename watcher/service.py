@@ -28,6 +28,7 @@ from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
 from .render import RenderSettings
+from .roots import RootMonitor
 from .scan import Scanner, ScanReport
 from .state import FailureStore
 from .status import Stats, Status, summary
@@ -55,7 +56,9 @@ class Service:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.failures = FailureStore(config.state.dir)
         self.stats = Stats()
-        self.admission = Admission(config, self.rules, self.failures, self.stats, wake=self.wake, clock=clock)
+        self.roots = RootMonitor(self.rules.roots, config.state.dir, create=config.watch.create)
+        self.admission = Admission(config, self.rules, self.failures, self.stats, wake=self.wake, clock=clock,
+                                   present=self.roots.present)
         self.executor = executor or make_executor(config)
         self.notices: deque[Notice] = deque()
         self.resync: set[str] = set()  # watched folders whose inotify watches went stale
@@ -65,9 +68,10 @@ class Service:
         self.exit_code = 0
         self.catchup_done = threading.Event()
         self.scanner: Scanner | None = None
-        self.watching = Watching(config, self.rules, self.notice, self.rescan)
+        self.watching = Watching(config, self.rules, self.notice, self.rescan, available=self.roots.available)
         self.status = Status(config, self.rules, stats=self.stats, admission=self.admission, executor=self.executor,
-                             watching=self.watching, failures=self.failures, notifier=self.notifier, clock=clock)
+                             watching=self.watching, failures=self.failures, notifier=self.notifier, clock=clock,
+                             roots=self.roots)
         self._last_periodic = 0.0
         self._last_watchdog = 0.0
         self._last_rescan = clock()
@@ -113,9 +117,7 @@ class Service:
             logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
         self.failures.load()
-        for root in cfg.watch.paths:
-            if cfg.watch.create:
-                root.mkdir(parents=True, exist_ok=True)
+        self.roots.start()  # creates only roots never seen before (watch.create); says which are unavailable
         removed = remove_stale_temps(self.rules)
         if removed:
             logger.info("removed %d temp file(s) left by an earlier run", removed)
@@ -124,7 +126,7 @@ class Service:
             from . import metrics
 
             metrics.start(cfg.metrics, lambda: self.status.snapshot("running"))
-        self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done)
+        self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done, self.roots)
         self.scanner.start()
         if not self.one_shot:
             self.watching.start()
@@ -251,6 +253,7 @@ class Service:
                         self._resync_later(notice.path)
                 case "dir-deleted":
                     if notice.path in self.rules.roots:
+                        self._check_roots((notice.path,))
                         self.watching.check()
                     else:
                         self._resync_later(notice.path)
@@ -275,10 +278,24 @@ class Service:
             logger.info("removed %d thumbnail(s) whose photo is gone", report.orphans)
         self.wake()
 
+    # ---- watched roots that go and come back (roots.py) ------------------------------------
+
+    def _check_roots(self, roots: tuple[str, ...] | None = None) -> None:
+        for root in roots or self.rules.roots:
+            self.roots.check(root)
+        for root, why in self.roots.changes():
+            if why is not None and not self.one_shot:
+                # its watches are of a file system no longer there (or of the folder beneath it):
+                # Watching.check() watches it afresh and catches up once it is back
+                self.watching.unwatch(root)
+                self.watching.missing.add(root)
+            self.status.write("running")
+
     # ---- housekeeping ---------------------------------------------------------------------
 
     def _periodic(self, now: float) -> None:
         self.admission.tick()
+        self._check_roots()  # a few stats per root (roots.py): before the watcher's own check, which trusts it
         while self.resync:
             self.watching.resync(self.resync.pop())
         if self.admission.queue.take_overflow():
@@ -336,6 +353,8 @@ class Service:
         self.rules = PathRules(new)
         self.settings = RenderSettings(new.output, new.limits.max_pixels)
         self.admission.reconfigure(new, self.rules)
+        self.roots.create = new.watch.create
+        self.roots.update(self.rules.roots)
         self.status.reconfigure(new, self.rules)
         if not self.one_shot:
             self.watching.update(new, self.rules)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # for the names only: admission imports Stats from here
     from .config import Config
     from .executor import Executor
     from .paths import PathRules
+    from .roots import RootMonitor
     from .systemd import Notifier
     from .watching import Watching
 
@@ -66,8 +67,10 @@ class Status:
     of state), and logs progress every log.progress_interval while there is a backlog."""
 
     def __init__(self, config: Config, rules: PathRules, *, stats: Stats, admission: Admission, executor: Executor,
-                 watching: Watching, failures: FailureStore, notifier: Notifier, clock: Callable[[], float]):
+                 watching: Watching, failures: FailureStore, notifier: Notifier, clock: Callable[[], float],
+                 roots: RootMonitor | None = None):
         self.config, self.rules = config, rules
+        self.roots = roots  # which watched folders are unavailable, and why (roots.py)
         self.stats = stats
         self.admission = admission
         self.executor = executor
@@ -84,9 +87,11 @@ class Status:
         self.config, self.rules = config, rules
 
     def line(self) -> str:
+        unavailable = self.roots.unavailable() if self.roots is not None else {}
         return (
             f"watching {len(self.watching.watches)} folders, {summary(self.executor)}, "
             f"{self.stats.done} done, {self.stats.failed} failed, queue {self.admission.waiting()}"
+            + "".join(f"; UNAVAILABLE {root}: {why}" for root, why in sorted(unavailable.items()))
         )
 
     def snapshot(self, state: str) -> dict[str, Any]:
@@ -101,6 +106,8 @@ class Status:
             "uptime": round(time.time() - stats.started, 1),
             "folders": list(self.rules.roots),
             "missing_folders": sorted(self.watching.missing),
+            "unavailable_folders": self.roots.unavailable() if self.roots is not None else {},
+            "removals_held": self.roots.held_removals() if self.roots is not None else {},
             **self.executor.describe(),
             "done": stats.done,
             "failed": stats.failed,

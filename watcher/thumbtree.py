@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 
@@ -171,29 +171,46 @@ def could_be_ours(rules: PathRules, name: str) -> bool:
     return rules.names_photo(name) or rules.names_photo(stem)
 
 
-def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_ns: int) -> int:
+def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_ns: int,
+                  allow: Callable[[int, int], bool] | None = None) -> int:
     """Remove files of ours below `tops` (output folders) that are not in `expected`, then the
     folders that leaves empty (not the tops). A file written after `since_ns` (ctime) is a
-    thumbnail of a photo that arrived during the walk: kept."""
-    removed = 0
+    thumbnail of a photo that arrived during the walk: kept. `allow(removing, total)` is asked
+    once the orphans are counted, before any goes (roots.py's mass-removal guard): False
+    removes nothing."""
+    found: list[tuple[str, str, list[str]]] = []  # (top, folder, orphans), deepest folders first
+    total = 0
     for top in tops:
         for folder, _dirs, files in os.walk(top, topdown=False):
+            orphans = []
             for name in files:
+                if not could_be_ours(rules, name):
+                    continue
+                total += 1
                 path = os.path.join(folder, name)
-                if path in expected or not could_be_ours(rules, name):
+                if path in expected:
                     continue
                 try:
-                    if os.lstat(path).st_ctime_ns >= since_ns:
-                        continue
-                    os.unlink(path)
-                    removed += 1
+                    if os.lstat(path).st_ctime_ns < since_ns:
+                        orphans.append(path)
                 except OSError:
                     continue
-            if folder != top:
-                try:
-                    os.rmdir(folder)  # only succeeds when empty
-                except OSError:
-                    pass
+            found.append((top, folder, orphans))
+    if allow is not None and not allow(sum(len(orphans) for _top, _folder, orphans in found), total):
+        return 0
+    removed = 0
+    for top, folder, orphans in found:
+        for path in orphans:
+            try:
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                continue
+        if folder != top:
+            try:
+                os.rmdir(folder)  # only succeeds when empty
+            except OSError:
+                pass
     return removed
 
 

@@ -31,8 +31,10 @@ Rescan = Callable[[str, tuple[str, ...]], None]
 
 
 class Watching:
-    def __init__(self, config: Config, rules: PathRules, notice: Callable[[Notice], None], rescan: Rescan):
+    def __init__(self, config: Config, rules: PathRules, notice: Callable[[Notice], None], rescan: Rescan,
+                 available: Callable[[str], bool] = lambda root: True):
         self.config = config
+        self.available = available  # roots.py: an unmounted or stale root is not watched (it says why)
         self.rules = rules
         self.notice = notice
         self.rescan = rescan
@@ -83,6 +85,9 @@ class Watching:
             return [entry for entry in entries if not rules.is_output(entry.path)]
 
     def watch(self, root: str) -> None:
+        if not self.available(root):
+            self.missing.add(root)
+            return
         if not os.path.isdir(root):
             if root not in self.missing:
                 logger.warning("watched folder %s does not exist; watching for it to appear", root)
@@ -140,7 +145,7 @@ class Watching:
             self.missing.discard(root)
             logger.info("stopped watching %s", root)
         for root in sorted(new_roots - old_roots):
-            if config.watch.create:
+            if config.watch.create and self.available(root):  # never on top of a root that went (roots.py)
                 Path(root).mkdir(parents=True, exist_ok=True)
             self.watch(root)
             logger.info("now watching %s", root)
@@ -168,7 +173,7 @@ class Watching:
                     self.watch(root)
                     self.rescan("re-watch", (root,))
         for root in self.rules.roots:
-            present = os.path.isdir(root)
+            present = os.path.isdir(root) and self.available(root)
             if root in self.watches and not present:
                 logger.warning("watched folder %s is gone; watching for it to come back", root)
                 self.unwatch(root)

@@ -1,0 +1,424 @@
+"""Storage that vanishes never deletes thumbnails (issue 19): real mounts under a running daemon.
+
+A watched folder that is a loop-mounted ext4 image or a tmpfs is unmounted (`umount`, `umount -l`)
+under `python -m watcher run`, with thumbnails inside the mount (the default relative output.dir)
+and in a mirror on the test's own disk (an absolute one). Nothing may be deleted, the daemon says
+so once at ERROR and in its status, and when the file system is back it is watched again by
+events and caught up without rendering what did not change. The same at start, on an empty or a
+missing mount point. And the mass-removal guard, which needs no mount.
+
+Every test that mounts needs root: it skips with a message when not root, and fails instead when
+CI=true. Every mount a test makes is unmounted in the fixture's teardown, by path, whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, make_flat_jpeg, mean_colour, wait_for, write_config
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 20), (200, 40, 200), (20, 190, 200)]
+
+
+def _need_root() -> None:
+    if os.geteuid() == 0:
+        return
+    why = "storage tests mount a loop ext4 image and a tmpfs: they need root"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: failing instead of skipping)")
+    pytest.skip(why)
+
+
+def mounted(point: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return any(line.split()[4].replace("\\040", " ") == str(point) for line in f)
+
+
+class Mounts:
+    """The mounts a test makes; teardown unmounts each one still there, by path."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.points: list[Path] = []
+
+    def _run(self, *cmd: str) -> None:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
+
+    def ext4_image(self, name: str = "disk.img") -> Path:
+        image = self.tmp / name
+        with open(image, "wb") as f:
+            f.truncate(24 << 20)
+        self._run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        return image
+
+    def loop(self, image: Path, point: Path) -> None:
+        point.mkdir(parents=True, exist_ok=True)
+        self.points.append(point)
+        self._run("mount", "-o", "loop", str(image), str(point))
+
+    def tmpfs(self, point: Path) -> None:
+        point.mkdir(parents=True, exist_ok=True)
+        self.points.append(point)
+        self._run("mount", "-t", "tmpfs", "-o", "size=16m", "thumbwatch-test", str(point))
+
+    def umount(self, point: Path, *, lazy: bool = False) -> None:
+        self._run("umount", *(["-l"] if lazy else []), str(point))
+        assert not mounted(point)
+
+    def cleanup(self) -> None:
+        for point in reversed(self.points):
+            while mounted(point):
+                subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path):
+    _need_root()
+    for tool in ("mount", "umount", "mkfs.ext4"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"storage tests need {tool}")
+    made = Mounts(tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+CONFIG = """\
+watch:
+  paths: [photos]
+  create: {create}
+  settle_seconds: 0.2
+  rescan_interval: 0
+output:
+  dir: {out}
+  sizes:
+    - {{name: small, width: 32, height: 32}}
+workers:
+  count: 2
+  drain_timeout: 20
+state:
+  dir: state
+log:
+  level: debug
+  progress_interval: 0
+"""
+
+
+def config(tmp: Path, *, absolute: bool, create: bool = True) -> Path:
+    out = str(tmp / "mirror") if absolute else "thumbs"
+    return write_config(tmp / "storage.yaml", CONFIG.format(create="true" if create else "false", out=out))
+
+
+def thumbs_of(tmp: Path, absolute: bool) -> Path:
+    return tmp / "mirror" if absolute else tmp / "photos" / "thumbs"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every thumbnail below `folder`: name -> (inode, mtime_ns), so a re-render shows."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*.jpg"))}
+
+
+def photos(folder: Path, n: int, prefix: str = "p") -> list[str]:
+    names = [f"{prefix}{i}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        make_flat_jpeg(folder / name, COLOURS[i % len(COLOURS)])
+    return names
+
+
+def near(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    return all(abs(x - y) < 40 for x, y in zip(a, b))
+
+
+def unavailable_in_status(daemon) -> dict:
+    try:
+        return daemon.status().get("unavailable_folders") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def ok_lines(daemon, name: str = "") -> list[str]:
+    return daemon.matching(rf"INFO ok \S*{name}")
+
+
+def error_lines(daemon) -> list[str]:
+    return daemon.matching(r"ERROR watched folder \S*photos is (unavailable|gone)")
+
+
+def reload_and_wait(daemon, n: int) -> None:
+    """A reload walks the watched folders (its rescan): once it is done, whatever a walk of an
+    unmounted folder would sweep has been swept."""
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(r"reload rescan done", count=n)
+
+
+# ---- under a running daemon ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("absolute,lazy", [(True, True), (True, False), (False, False), (False, True)],
+                         ids=["mirror-lazy", "mirror-umount", "inside-umount", "inside-lazy"])
+def test_unmounting_the_watched_folder_deletes_no_thumbnail(mounts, start_daemon, tmp_path, absolute, lazy):
+    root = tmp_path / "photos"
+    image = mounts.ext4_image()
+    mounts.loop(image, root)
+    names = photos(root, 6)
+    daemon = start_daemon(config(tmp_path, absolute=absolute))
+    daemon.wait_ready()
+    out = thumbs_of(tmp_path, absolute)
+    wait_for(lambda: all((out / n).exists() for n in names), 30, message="six thumbnails")
+    daemon.wait_log(r"catch-up done")
+    before = snapshot(out)
+    assert len(before) == 6
+
+    mounts.umount(root, lazy=lazy)
+    reload_and_wait(daemon, 1)
+    if absolute:
+        assert snapshot(out) == before, "thumbnails in the mirror were touched while the folder was unmounted"
+    assert not (root / "thumbs").exists() and not (root / ".thumbwatch-root").exists(), "wrote into the empty mount point"
+    daemon.wait_log(r"ERROR watched folder \S*photos is unavailable: not mounted")
+    wait_for(lambda: str(root) in unavailable_in_status(daemon), 10, message="status says unavailable")
+
+    # While it is away: one photo changes (the image mounted elsewhere), the rest do not.
+    elsewhere = tmp_path / "elsewhere"
+    mounts.loop(image, elsewhere)
+    make_flat_jpeg(elsewhere / "p0.jpg", (250, 250, 250))
+    mounts.umount(elsewhere)
+    mounts.loop(image, root)
+    daemon.wait_log(r"watched folder \S*photos is back")
+    daemon.wait_log(r"catch-up of returned folder done")
+    wait_for(lambda: len(ok_lines(daemon)) == 7, 20, message="the changed photo rendered again")
+    wait_for(lambda: not unavailable_in_status(daemon), 10, message="status says available again")
+    after = snapshot(out)
+    assert set(after) == set(before)
+    assert [n for n in before if after[n] != before[n]] == ["p0.jpg"], "only the changed photo is rendered again"
+    assert near(mean_colour(out / "p0.jpg"), (250, 250, 250))
+
+    # Watched again by events: no rescan runs (rescan_interval 0), yet a new photo is rendered.
+    scans = len(daemon.matching(r" done: found="))
+    make_flat_jpeg(root / "new.jpg", (10, 10, 10))
+    wait_for((out / "new.jpg").exists, 20, message="a new photo after the remount, by its event")
+    assert len(daemon.matching(r" done: found=")) == scans, "found by a rescan, not by an event"
+    assert len(error_lines(daemon)) == 1, daemon.text()
+    assert not daemon.matching(r"removed \d+ thumbnail"), daemon.text()
+    assert not daemon.matching(r"WARNING failed "), daemon.text()
+
+
+def test_a_tmpfs_replaced_by_an_empty_one_is_not_taken_for_the_folder(mounts, start_daemon, tmp_path):
+    """tmpfs forgets everything on unmount: a new empty tmpfs in its place is another file system
+    (no marker), not the watched folder emptied. The mirror stays whole."""
+    root = tmp_path / "photos"
+    mounts.tmpfs(root)
+    names = photos(root, 4)
+    daemon = start_daemon(config(tmp_path, absolute=True))
+    daemon.wait_ready()
+    out = thumbs_of(tmp_path, True)
+    wait_for(lambda: all((out / n).exists() for n in names), 30, message="four thumbnails")
+    daemon.wait_log(r"catch-up done")
+    before = snapshot(out)
+
+    mounts.umount(root, lazy=True)
+    mounts.tmpfs(root)  # a fresh, empty one
+    reload_and_wait(daemon, 1)
+    assert snapshot(out) == before
+    daemon.wait_log(r"ERROR watched folder \S*photos is unavailable: (not mounted|its marker)")
+    wait_for(lambda: unavailable_in_status(daemon).get(str(root), "").startswith("its marker .thumbwatch-root is missing"),
+             10, message="status: another file system")
+    make_flat_jpeg(root / "stranger.jpg", (10, 10, 10))  # not watched: it is not the folder we know
+    reload_and_wait(daemon, 2)
+    assert snapshot(out) == before
+    assert len(error_lines(daemon)) == 1, daemon.text()
+    assert not (out / "stranger.jpg").exists()
+
+
+# ---- at start --------------------------------------------------------------------------------
+
+
+def _first_run(mounts: Mounts, start_daemon, tmp_path: Path, names: int = 5) -> tuple[Path, Path, dict]:
+    """A run with the file system mounted, so the state folder knows the root; then stopped."""
+    root = tmp_path / "photos"
+    image = mounts.ext4_image()
+    mounts.loop(image, root)
+    made = photos(root, names)
+    daemon = start_daemon(config(tmp_path, absolute=True))
+    out = thumbs_of(tmp_path, True)
+    wait_for(lambda: all((out / n).exists() for n in made), 30, message="thumbnails of the first run")
+    daemon.wait_log(r"catch-up done")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    return root, image, snapshot(out)
+
+
+def _systemd_messages(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(65536).decode())
+        except BlockingIOError:
+            return messages
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["create", "no-create"])
+def test_an_empty_mount_point_at_start_is_waited_for(mounts, start_daemon, tmp_path, create):
+    root, image, before = _first_run(mounts, start_daemon, tmp_path)
+    mounts.umount(root)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    daemon = start_daemon(config(tmp_path, absolute=True, create=create), env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    daemon.wait_ready()
+    daemon.wait_log(r"catch-up done")
+    assert snapshot(tmp_path / "mirror") == before, "the mirror was swept on an empty mount point"
+    assert os.listdir(root) == [], "wrote into the empty mount point"
+    assert error_lines(daemon), daemon.text()
+    assert str(root) in unavailable_in_status(daemon)
+    ready = [m for m in _systemd_messages(notify) if "READY=1" in m]
+    assert ready and f"UNAVAILABLE {root}: not mounted" in ready[0], ready
+    shown = subprocess.run([sys.executable, "-m", "watcher", "status", "--config", str(tmp_path / "storage.yaml")],
+                           capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert f"UNAVAILABLE: {root}: not mounted" in shown.stdout, shown.stdout + shown.stderr
+
+    mounts.loop(image, root)
+    daemon.wait_log(r"watched folder \S*photos is back", timeout=20)
+    daemon.wait_log(r"catch-up of returned folder done")
+    assert ok_lines(daemon) == [], "nothing changed, nothing is rendered"
+    assert snapshot(tmp_path / "mirror") == before
+    make_flat_jpeg(root / "new.jpg", (10, 10, 10))
+    wait_for((tmp_path / "mirror" / "new.jpg").exists, 20, message="a new photo, by its event")
+    assert len(error_lines(daemon)) == 1, daemon.text()
+    wait_for(lambda: any(m.startswith("STATUS=") and "UNAVAILABLE" not in m for m in _systemd_messages(notify)), 10,
+             message="systemd's STATUS without UNAVAILABLE")
+    notify.close()
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["create", "no-create"])
+def test_a_missing_mount_point_at_start_is_not_created_and_is_waited_for(mounts, start_daemon, tmp_path, create):
+    root, image, before = _first_run(mounts, start_daemon, tmp_path)
+    mounts.umount(root)
+    root.rmdir()
+    daemon = start_daemon(config(tmp_path, absolute=True, create=create))
+    daemon.wait_ready()
+    daemon.wait_log(r"catch-up done")
+    assert not root.exists(), "watch.create made a folder where the mount point was"
+    assert snapshot(tmp_path / "mirror") == before
+    daemon.wait_log(r"ERROR watched folder \S*photos is gone: it does not exist")
+    wait_for(lambda: str(root) in unavailable_in_status(daemon), 10, message="status says unavailable")
+
+    mounts.loop(image, root)  # makes the mount point again
+    daemon.wait_log(r"watched folder \S*photos is back", timeout=20)
+    daemon.wait_log(r"catch-up of returned folder done")
+    assert ok_lines(daemon) == []
+    make_flat_jpeg(root / "new.jpg", (10, 10, 10))
+    wait_for((tmp_path / "mirror" / "new.jpg").exists, 20, message="a new photo, by its event")
+
+
+# ---- the mass-removal guard (no mount) ---------------------------------------------------------
+
+
+def test_a_mass_removal_is_held_until_confirmed(start_daemon, tmp_path):
+    """Thumbnails of 1,500 photos that went while the daemon was stopped (nobody saw them go):
+    held with one ERROR, not removed; `thumbwatch scan --confirm-removals` removes them. A photo
+    seen going (its delete event) loses its thumbnail at once, guard or not."""
+    root = tmp_path / "photos"
+    kept = photos(root, 3, prefix="kept")
+    cfg = config(tmp_path, absolute=False)
+    daemon = start_daemon(cfg)
+    out = thumbs_of(tmp_path, False)
+    wait_for(lambda: all((out / n).exists() for n in kept), 30, message="three thumbnails")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    # 1,500 thumbnails whose photos are gone (hard links of a real one: same bytes, cheap)
+    for i in range(1500):
+        os.link(out / "kept0.jpg", out / f"gone{i:04}.jpg")
+
+    daemon = start_daemon(cfg)
+    daemon.wait_log(r"catch-up done")
+    assert len(list(out.glob("gone*.jpg"))) == 1500
+    held = daemon.wait_log(r"ERROR holding back the removal of 1500 of 1503 thumbnail\(s\) under \S*photos")
+    assert "--confirm-removals" in held[0]
+    assert len(list(out.glob("gone*.jpg"))) == 1500
+    wait_for(lambda: daemon.status().get("removals_held") == {str(root): 1500}, 10, message="status says held")
+    (root / "kept1.jpg").unlink()  # seen going: not held
+    wait_for(lambda: not (out / "kept1.jpg").exists(), 20, message="the thumbnail of a deleted photo")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+    scan = subprocess.run([sys.executable, "-m", "watcher", "scan", "--confirm-removals", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert scan.returncode == 0, scan.stdout + scan.stderr
+    assert "removed 1500 thumbnail(s) whose photo is gone" in scan.stdout + scan.stderr
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["kept0.jpg", "kept2.jpg"]
+
+
+# ---- the monitor itself, in-process ------------------------------------------------------------
+
+
+def test_the_root_monitor_says_why_and_remembers(mounts, tmp_path, monkeypatch):
+    from watcher.roots import MARKER, RootMonitor, read_marker, remembered
+
+    root = tmp_path / "photos"
+    state = tmp_path / "state"
+    mounts.tmpfs(root)
+    monitor = RootMonitor((str(root),), state)
+    monitor.start()
+    ident = read_marker(str(root))
+    assert ident and monitor.check(str(root)) is None
+    assert remembered(state)[str(root)].mounted and remembered(state)[str(root)].marker == ident
+
+    mounts.umount(root)
+    assert monitor.check(str(root)).startswith("not mounted")
+    assert monitor.changes() == [(str(root), monitor.unavailable()[str(root)])]
+    mounts.tmpfs(root)  # another, empty file system in its place
+    assert monitor.check(str(root)).startswith(f"its marker {MARKER} is missing")
+    (root / MARKER).write_text('{"id": "someone-else"}')
+    assert "another folder's marker" in monitor.check(str(root))
+    (root / MARKER).write_text(json.dumps({"id": ident}))
+    assert monitor.check(str(root)) is None
+    assert monitor.changes() == [(str(root), None)]
+
+    real_stat = os.stat
+
+    def stale(path, *args, **kwargs):
+        if os.fspath(path) == str(root):
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(path))  # no NFS server here to lose it
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stale)
+    assert monitor.check(str(root)).startswith("stale file handle")
+    monkeypatch.undo()
+
+    mounts.umount(root)
+    root.rmdir()
+    restarted = RootMonitor((str(root),), state, create=True)
+    restarted.start()
+    assert not root.exists(), "a remembered root is never created"
+    assert restarted.unavailable()[str(root)].startswith("it does not exist")
+    assert monitor.epoch[str(root)] == 2
+
+
+def test_a_plain_folder_made_anew_is_taken_and_marked(tmp_path):
+    """Not a mount point, same file system, marker gone with the folder: somebody made it anew
+    (rm -rf; mkdir). It is the folder to watch; it gets a new marker."""
+    from watcher.roots import RootMonitor, read_marker
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    monitor = RootMonitor((str(root),), tmp_path / "state")
+    monitor.start()
+    first = read_marker(str(root))
+    shutil.rmtree(root)
+    assert monitor.check(str(root)).startswith("it does not exist")
+    root.mkdir()
+    assert monitor.check(str(root)) is None
+    assert read_marker(str(root)) not in (None, first)
