@@ -422,3 +422,32 @@ def test_a_plain_folder_made_anew_is_taken_and_marked(tmp_path):
     root.mkdir()
     assert monitor.check(str(root)) is None
     assert read_marker(str(root)) not in (None, first)
+
+
+@pytest.mark.parametrize("orphans,kept,held", [(1001, 999, True), (1000, 0, False), (1001, 1001, False)],
+                         ids=["most-and-many", "not-over-1000", "not-over-half"])
+def test_the_mass_removal_threshold(tmp_path, orphans, kept, held):
+    """More than 1,000 and more than half of the thumbnails a pass looked at: held, unless confirmed."""
+    from watcher.config import parse
+    from watcher.paths import PathRules
+    from watcher.roots import RootMonitor
+    from watcher.thumbtree import sweep_orphans
+
+    (tmp_path / "photos").mkdir()
+    config = parse({"watch": {"paths": ["photos"]}, "state": {"dir": "state"}}, file=tmp_path / "c.yaml", base_dir=tmp_path)
+    rules = PathRules(config)
+    out = Path(rules.output_roots[0])
+    out.mkdir()
+    names = [f"o{i}.jpg" for i in range(orphans)] + [f"k{i}.jpg" for i in range(kept)]
+    for name in names:
+        (out / name).write_bytes(b"")
+    expected = {str(out / f"k{i}.jpg") for i in range(kept)}
+    monitor = RootMonitor(rules.roots, tmp_path / "state")
+    since = os.stat(out / names[-1]).st_ctime_ns + 1
+    removed = sweep_orphans(rules, [str(out)], expected, since, monitor.removal_guard(rules.roots[0], confirmed=False))
+    assert removed == (0 if held else orphans)
+    assert monitor.held_removals() == ({rules.roots[0]: orphans} if held else {})
+    if held:
+        assert sweep_orphans(rules, [str(out)], expected, since, monitor.removal_guard(rules.roots[0], confirmed=True)) == orphans
+        assert monitor.held_removals() == {}
+    assert sorted(os.listdir(out)) == sorted(f"k{i}.jpg" for i in range(kept))

@@ -430,8 +430,7 @@ class Admission:
         """Record it so it isn't retried until it changes; a thumbnail of what it held before
         would show the wrong picture, so it goes."""
         if not self.present(path):
-            logger.debug("not recorded as failed, its watched folder is unavailable: %s (%s)", shown(path), reason)
-            return
+            return  # its watched folder is unavailable (roots.py): no fault of the photo's
         self.stats.failed += 1
         self.failures.record(path, st, reason)
         if st is not None and self.config.output.style != "freedesktop" and self.rules.wants(path):

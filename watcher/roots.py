@@ -5,6 +5,12 @@ The watcher writes a small marker file into each root it can write to; its id is
 identity from then on. Anyone who later looks at the root (the watcher after a remount or a
 restart, a render host on another machine) reads the marker: missing or different means "this
 is not the folder I know", never "the folder is empty".
+
+The watcher's side, RootMonitor: which roots are available now, and why not (gone, ESTALE,
+ENOTCONN, EIO, no longer mounted, another file system in its place), from a few stats; each
+root's identity from the last run kept in the state folder (roots.json), so an empty or missing
+mount point is recognised at start too; and the mass-removal guard every orphan sweep asks.
+Whoever removes thumbnails asks first: nothing is removed under a root that is not there.
 """
 
 from __future__ import annotations
