@@ -102,6 +102,8 @@ watch:
   create: {create}
   settle_seconds: 0.2
   rescan_interval: 0
+  observer: {observer}
+  poll_interval: 0.3
 output:
   dir: {out}
   sizes:
@@ -117,9 +119,9 @@ log:
 """
 
 
-def config(tmp: Path, *, absolute: bool, create: bool = True) -> Path:
+def config(tmp: Path, *, absolute: bool, create: bool = True, observer: str = "auto") -> Path:
     out = str(tmp / "mirror") if absolute else "thumbs"
-    return write_config(tmp / "storage.yaml", CONFIG.format(create="true" if create else "false", out=out))
+    return write_config(tmp / "storage.yaml", CONFIG.format(create="true" if create else "false", out=out, observer=observer))
 
 
 def thumbs_of(tmp: Path, absolute: bool) -> Path:
@@ -167,14 +169,17 @@ def reload_and_wait(daemon, n: int) -> None:
 # ---- under a running daemon ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("absolute,lazy", [(True, True), (True, False), (False, False), (False, True)],
-                         ids=["mirror-lazy", "mirror-umount", "inside-umount", "inside-lazy"])
-def test_unmounting_the_watched_folder_deletes_no_thumbnail(mounts, start_daemon, tmp_path, absolute, lazy):
+@pytest.mark.parametrize("absolute,lazy,observer", [(True, True, "auto"), (True, False, "auto"), (False, False, "auto"),
+                                                    (False, True, "auto"), (True, True, "polling")],
+                         ids=["mirror-lazy", "mirror-umount", "inside-umount", "inside-lazy", "mirror-lazy-polling"])
+def test_unmounting_the_watched_folder_deletes_no_thumbnail(mounts, start_daemon, tmp_path, absolute, lazy, observer):
+    """(Under polling, a poll of the empty mount point reports every photo deleted: those
+    notices must not remove their thumbnails either.)"""
     root = tmp_path / "photos"
     image = mounts.ext4_image()
     mounts.loop(image, root)
     names = photos(root, 6)
-    daemon = start_daemon(config(tmp_path, absolute=absolute))
+    daemon = start_daemon(config(tmp_path, absolute=absolute, observer=observer))
     daemon.wait_ready()
     out = thumbs_of(tmp_path, absolute)
     wait_for(lambda: all((out / n).exists() for n in names), 30, message="six thumbnails")
@@ -451,3 +456,42 @@ def test_the_mass_removal_threshold(tmp_path, orphans, kept, held):
         assert sweep_orphans(rules, [str(out)], expected, since, monitor.removal_guard(rules.roots[0], confirmed=True)) == orphans
         assert monitor.held_removals() == {}
     assert sorted(os.listdir(out)) == sorted(f"k{i}.jpg" for i in range(kept))
+
+
+def test_delete_notices_and_failures_under_an_unavailable_root_remove_nothing(mounts, tmp_path):
+    """What a poll of an empty mount point reports (every photo deleted, every folder gone) and
+    what a FUSE mount in trouble makes of renders (failures) removes no thumbnail and records
+    no failure, in-process; the same notices under an available root do remove."""
+    from watcher.admission import Admission
+    from watcher.config import parse
+    from watcher.paths import PathRules
+    from watcher.roots import RootMonitor
+    from watcher.state import FailureStore
+    from watcher.status import Stats
+
+    root = tmp_path / "photos"
+    mounts.tmpfs(root)
+    (root / "album").mkdir()
+    config = parse({"watch": {"paths": ["photos"]}, "output": {"dir": str(tmp_path / "mirror")}, "state": {"dir": "state"}},
+                   file=tmp_path / "c.yaml", base_dir=tmp_path)
+    rules = PathRules(config)
+    thumbs = [Path(t.path) for photo in ("p.jpg", "q.jpg", "album/a.jpg") for t in rules.targets(str(root / photo))]
+    for thumb in thumbs:
+        thumb.parent.mkdir(parents=True, exist_ok=True)
+        thumb.write_bytes(b"a thumbnail")
+    monitor = RootMonitor(rules.roots, tmp_path / "state")
+    monitor.start()
+    failures = FailureStore(tmp_path / "state")
+    admission = Admission(config, rules, failures, Stats(), present=monitor.present)
+
+    mounts.umount(root)
+    admission.deleted(str(root / "p.jpg"))
+    admission.folder_gone(str(root / "album"))
+    admission._fail(str(root / "q.jpg"), None, "Transport endpoint is not connected")
+    assert all(t.exists() for t in thumbs) and len(failures) == 0
+
+    mounts.tmpfs(root)
+    (root / ".thumbwatch-root").write_text(json.dumps({"id": monitor.known[str(root)].marker}))  # the same folder, back
+    admission.deleted(str(root / "p.jpg"))
+    admission.folder_gone(str(root / "album"))
+    assert [t.name for t in thumbs if t.exists()] == ["q.jpg"]
