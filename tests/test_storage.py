@@ -495,3 +495,44 @@ def test_delete_notices_and_failures_under_an_unavailable_root_remove_nothing(mo
     admission.deleted(str(root / "p.jpg"))
     admission.folder_gone(str(root / "album"))
     assert [t.name for t in thumbs if t.exists()] == ["q.jpg"]
+
+
+def test_a_walk_that_cannot_read_a_folder_sweeps_nothing_under_its_root(tmp_path, monkeypatch):
+    """EIO on one folder (a disk or a FUSE mount in trouble): its photos are not in the walk, so
+    the walk's sweep would take their thumbnails for orphans. It sweeps nothing under that root."""
+    from watcher.admission import Admission
+    from watcher.config import parse
+    from watcher.paths import PathRules
+    from watcher.roots import RootMonitor
+    from watcher.scan import Scanner
+    from watcher.state import FailureStore
+    from watcher.status import Stats
+
+    root = tmp_path / "photos"
+    for name in ("album/a.jpg", "b.jpg", "gone.jpg"):
+        make_flat_jpeg(root / name, (200, 30, 30))
+    config = parse({"watch": {"paths": ["photos"]}, "output": {"dir": str(tmp_path / "mirror")}, "state": {"dir": "state"}},
+                   file=tmp_path / "c.yaml", base_dir=tmp_path)
+    rules = PathRules(config)
+    for name in ("album/a.jpg", "b.jpg", "gone.jpg"):
+        for target in rules.targets(str(root / name)):
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(target.path).write_bytes(b"a thumbnail")
+    (root / "gone.jpg").unlink()
+    monitor = RootMonitor(rules.roots, tmp_path / "state")
+    monitor.start()
+    admission = Admission(config, rules, FailureStore(tmp_path / "state"), Stats(), present=monitor.present)
+    scanner = Scanner(admission, lambda path: None, lambda report: None, monitor)
+    real_scandir = os.scandir
+
+    def failing(path="."):
+        if os.fspath(path) == str(root / "album"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))  # no failing disk at hand
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    assert scanner.scan("rescan", rules.roots, rules).orphans == 0
+    assert (tmp_path / "mirror" / "album" / "a.jpg").exists() and (tmp_path / "mirror" / "gone.jpg").exists()
+    monkeypatch.undo()
+    assert scanner.scan("rescan", rules.roots, rules).orphans == 1  # read whole: the one photo that went
+    assert sorted(p.name for p in (tmp_path / "mirror").rglob("*.jpg")) == ["a.jpg", "b.jpg"]
