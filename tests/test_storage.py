@@ -14,6 +14,7 @@ happened.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -38,6 +39,10 @@ def _need_root() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why} (CI=true: failing instead of skipping)")
     pytest.skip(why)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def mounted(point: Path) -> bool:
@@ -73,9 +78,23 @@ class Mounts:
         self.points.append(point)
         self._run("mount", "-t", "tmpfs", "-o", "size=16m", "thumbwatch-test", str(point))
 
-    def umount(self, point: Path, *, lazy: bool = False) -> None:
+    def dead_fuse(self, point: Path) -> None:
+        """A FUSE mount whose process is gone: mounted on /dev/fuse, and the descriptor closed
+        without ever answering. Every access to it fails with ENOTCONN, as after a crash of
+        sshfs, rclone or s3fs."""
+        fd = os.open("/dev/fuse", os.O_RDWR)
+        try:
+            self.points.append(point)
+            options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+            if _libc().mount(b"thumbwatch-test", os.fsencode(point), b"fuse.thumbwatch-test", 0, options) != 0:
+                pytest.skip(f"cannot mount a FUSE file system here: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+
+    def umount(self, point: Path, *, lazy: bool = False, stacked: bool = False) -> None:
+        """`stacked`: the top one of two mounts on `point`; the one beneath stays."""
         self._run("umount", *(["-l"] if lazy else []), str(point))
-        assert not mounted(point)
+        assert stacked or not mounted(point)
 
     def cleanup(self) -> None:
         for point in reversed(self.points):
@@ -218,6 +237,41 @@ def test_unmounting_the_watched_folder_deletes_no_thumbnail(mounts, start_daemon
     assert len(error_lines(daemon)) == 1, daemon.text()
     assert not daemon.matching(r"removed \d+ thumbnail"), daemon.text()
     assert not daemon.matching(r"WARNING failed "), daemon.text()
+
+
+def test_a_fuse_mount_whose_process_died_is_unavailable_not_empty(mounts, start_daemon, tmp_path):
+    """ENOTCONN: a dead FUSE mount stacked over the watched file system (as when sshfs or rclone
+    dies); then it is unmounted and the folder is back, unchanged."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse here")
+    root = tmp_path / "photos"
+    mounts.loop(mounts.ext4_image(), root)
+    names = photos(root, 4)
+    daemon = start_daemon(config(tmp_path, absolute=True))
+    daemon.wait_ready()
+    out = thumbs_of(tmp_path, True)
+    wait_for(lambda: all((out / n).exists() for n in names), 30, message="four thumbnails")
+    daemon.wait_log(r"catch-up done")
+    before = snapshot(out)
+
+    mounts.dead_fuse(root)
+    with pytest.raises(OSError) as err:
+        os.stat(root)
+    assert err.value.errno == errno.ENOTCONN
+    reload_and_wait(daemon, 1)
+    assert snapshot(out) == before
+    daemon.wait_log(r"ERROR watched folder \S*photos is unavailable: transport endpoint is not connected")
+    wait_for(lambda: unavailable_in_status(daemon).get(str(root), "").startswith("transport endpoint is not connected"), 10,
+             message="status says ENOTCONN")
+
+    mounts.umount(root, lazy=True, stacked=True)  # the dead FUSE mount only: the ext4 beneath it is there again
+    daemon.wait_log(r"watched folder \S*photos is back")
+    daemon.wait_log(r"catch-up of returned folder done")
+    assert ok_lines(daemon) != [] and len(ok_lines(daemon)) == 4, "nothing changed, nothing is rendered again"
+    make_flat_jpeg(root / "new.jpg", (10, 10, 10))
+    wait_for((out / "new.jpg").exists, 20, message="a new photo, by its event")
+    assert snapshot(out).items() >= before.items()
+    assert len(error_lines(daemon)) == 1 and not daemon.matching(r"WARNING failed "), daemon.text()
 
 
 def test_a_tmpfs_replaced_by_an_empty_one_is_not_taken_for_the_folder(mounts, start_daemon, tmp_path):

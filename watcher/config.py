@@ -214,9 +214,13 @@ def _parse_watch(s: Section, base_dir: Path) -> tuple[WatchConfig, list[ConfigEr
         path = _resolve(base_dir, raw)
         if path in paths:
             raise s.error(s.key("paths"), f"folder listed twice: {raw}")
-        if path.exists() and not path.is_dir():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError:  # there but out of reach (ENOTCONN, ESTALE, EIO): the daemon says so and waits (roots.py)
+            exists = is_dir = True
+        if exists and not is_dir:
             raise s.error(s.key("paths"), f"expected a folder, but {path} is not one")
-        if not path.exists() and not create:
+        if not exists and not create:
             error = s.error(s.key("paths"), f"folder {path} does not exist (create it, or set watch.create: true)")
             missing.append(ConfigError(str(error), str(path)))
         paths.append(path)

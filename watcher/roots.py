@@ -188,8 +188,7 @@ class RootMonitor:
         them all, mark the ones we can, and remember what we found."""
         self.known = remembered(self.state_dir)
         for root in self.roots:
-            if self.create and root not in self.known and not os.path.lexists(root):
-                os.makedirs(root, exist_ok=True)
+            self._create(root)
             self.check(root)
         self._changes.clear()  # at start the ERROR lines are the whole story
         self.save()
@@ -202,10 +201,18 @@ class RootMonitor:
             for gone in set(self.why) - set(roots):
                 del self.why[gone]  # no longer watched: no longer reported
         for root in added:
-            if self.create and root not in self.known and not os.path.lexists(root):
-                os.makedirs(root, exist_ok=True)
+            self._create(root)
             self.check(root)
         self.save()
+
+    def _create(self, root: str) -> None:
+        """watch.create: make a root never seen before. One we knew stays missing (a mount point
+        that went); one that cannot be made is reported by check()."""
+        if self.create and root not in self.known and not os.path.lexists(root):
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as err:
+                logger.debug("cannot create %s: %s", root, err)
 
     def check(self, root: str) -> str | None:
         """Look at `root` now: why it is unavailable, or None. Says so once (ERROR) when it
