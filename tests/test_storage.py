@@ -18,6 +18,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -332,6 +333,12 @@ def _systemd_messages(sock: socket.socket) -> list[str]:
 def test_an_empty_mount_point_at_start_is_waited_for(mounts, start_daemon, tmp_path, create):
     root, image, before = _first_run(mounts, start_daemon, tmp_path)
     mounts.umount(root)
+    config(tmp_path, absolute=True, create=create)
+    scan = subprocess.run([sys.executable, "-m", "watcher", "scan", "--confirm-removals", "--config", str(tmp_path / "storage.yaml")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert scan.returncode == 1, scan.stdout + scan.stderr  # one-shot, even confirmed: nothing swept, and it says why
+    assert snapshot(tmp_path / "mirror") == before, "`thumbwatch scan` swept the mirror of an empty mount point"
+    assert re.search(r"ERROR watched folder \S*photos is unavailable: not mounted", scan.stdout + scan.stderr), scan.stdout + scan.stderr
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.setblocking(False)
