@@ -127,9 +127,11 @@ def remembered(state_dir: Path) -> dict[str, Identity]:
         return {}
 
 
-def _why_not(root: str, known: Identity | None) -> tuple[str | None, Identity | None]:
+def _why_not(root: str, known: Identity | None, seen: dict[str, tuple[tuple[int, ...], str | None]]
+             ) -> tuple[str | None, Identity | None]:
     """(why `root` is unavailable, None when it is available; what it looks like now). Costs a
-    stat of the root, of its parent and of its marker, and a read of the marker."""
+    stat of the root, of its parent and of its marker; the marker is read again only when its
+    stat changed (`seen` keeps the last one: no open() every half second on a network mount)."""
     try:
         st = os.stat(root)
     except OSError as err:
@@ -141,8 +143,11 @@ def _why_not(root: str, known: Identity | None) -> tuple[str | None, Identity | 
     except OSError:
         mounted = True
     try:
-        os.stat(os.path.join(root, MARKER))
-        marker = read_marker(root)
+        mst = os.stat(os.path.join(root, MARKER))
+        key = (mst.st_dev, mst.st_ino, mst.st_mtime_ns, mst.st_ctime_ns, mst.st_size)
+        last = seen.get(root)
+        marker = last[1] if last is not None and last[0] == key else read_marker(root)
+        seen[root] = (key, marker)
     except FileNotFoundError:
         marker = None
     except OSError as err:
@@ -179,6 +184,7 @@ class RootMonitor:
         self.epoch: dict[str, int] = {}  # bumped each time a root goes: a walk spanning it is void
         self.held: dict[str, tuple[int, int]] = {}  # mass removals held back: (removing, of total)
         self._changes: list[tuple[str, str | None]] = []
+        self._markers_seen: dict[str, tuple[tuple[int, ...], str | None]] = {}
         self._dirty = False
         self._lock = threading.Lock()
 
@@ -219,7 +225,7 @@ class RootMonitor:
         goes; its coming back is the watcher's to say (it watches it again and catches up)."""
         with self._lock:
             known = self.known.get(root)
-        why, now = _why_not(root, known)
+        why, now = _why_not(root, known, self._markers_seen)
         if why is None and now is not None and now.marker is None and (known is None or known.marker is not None):
             # new to us, or made anew on the same file system: mark it (read-only roots go without)
             now = replace(now, marker=write_marker(root))
