@@ -242,16 +242,15 @@ class RootMonitor:
             self.why[root] = why
             if was is None:
                 self.epoch[root] = self.epoch.get(root, 0) + 1
+            if why != was:
                 self._changes.append((root, why))
         if was is None:
             word = "gone" if why == _GONE_REASONS[errno.ENOENT] else "unavailable"
             logger.error("watched folder %s is %s: %s; no thumbnail under it is removed while it is away, and it is "
                          "watched again when it is back", root, word, why)
+        elif why != was:
+            logger.warning("watched folder %s is still unavailable, now: %s", root, why)
         return why
-
-    def check_all(self) -> None:
-        for root in self.roots:
-            self.check(root)
 
     def available(self, root: str) -> bool:
         """What the last check found (the watcher's question; removals ask check() instead)."""
