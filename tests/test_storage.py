@@ -601,3 +601,48 @@ def test_a_walk_that_cannot_read_a_folder_sweeps_nothing_under_its_root(tmp_path
     monkeypatch.undo()
     assert scanner.scan("rescan", rules.roots, rules).orphans == 1  # read whole: the one photo that went
     assert sorted(p.name for p in (tmp_path / "mirror").rglob("*.jpg")) == ["a.jpg", "b.jpg"]
+
+
+def test_a_dead_fuse_mount_at_start_is_waited_for(mounts, start_daemon, tmp_path):
+    """At start, the folder the last run watched answers ENOTCONN: the config still loads, the
+    daemon starts, says why, sweeps nothing, and takes the folder up when it is back."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse here")
+    root, _image, before = _first_run(mounts, start_daemon, tmp_path)
+    mounts.dead_fuse(root)
+    daemon = start_daemon(config(tmp_path, absolute=True, create=True))
+    daemon.wait_ready()
+    daemon.wait_log(r"catch-up done")
+    assert snapshot(tmp_path / "mirror") == before
+    daemon.wait_log(r"ERROR watched folder \S*photos is unavailable: transport endpoint is not connected")
+    mounts.umount(root, lazy=True, stacked=True)
+    daemon.wait_log(r"watched folder \S*photos is back")
+    daemon.wait_log(r"catch-up of returned folder done")
+    assert ok_lines(daemon) == [] and snapshot(tmp_path / "mirror") == before
+    assert not daemon.matching(r"Traceback|bug in"), daemon.text()
+
+
+def test_the_config_key_lets_a_mass_removal_go(tmp_path):
+    """output.confirm_mass_removal: false — a sweep of 1,001 of 1,001 thumbnails is done, not held."""
+    from watcher.admission import Admission
+    from watcher.config import parse
+    from watcher.paths import PathRules
+    from watcher.roots import RootMonitor
+    from watcher.scan import Scanner
+    from watcher.state import FailureStore
+    from watcher.status import Stats
+
+    (tmp_path / "photos").mkdir()
+    for confirm, left in ((True, 1001), (False, 0)):
+        config = parse({"watch": {"paths": ["photos"]}, "output": {"confirm_mass_removal": confirm}, "state": {"dir": "state"}},
+                       file=tmp_path / "c.yaml", base_dir=tmp_path)
+        rules = PathRules(config)
+        out = Path(rules.output_roots[0])
+        out.mkdir(exist_ok=True)
+        for i in range(1001):
+            (out / f"gone{i}.jpg").touch()
+        monitor = RootMonitor(rules.roots, tmp_path / "state")
+        monitor.start()
+        admission = Admission(config, rules, FailureStore(tmp_path / "state"), Stats(), present=monitor.present)
+        Scanner(admission, lambda path: None, lambda report: None, monitor).scan("rescan", rules.roots, rules)
+        assert len(list(out.glob("*.jpg"))) == left
