@@ -129,7 +129,7 @@ output:
   sizes:
     - {{name: small, width: 32, height: 32}}
 workers:
-  count: 2
+  count: 1
   drain_timeout: 20
 state:
   dir: state
