@@ -646,3 +646,15 @@ def test_the_config_key_lets_a_mass_removal_go(tmp_path):
         admission = Admission(config, rules, FailureStore(tmp_path / "state"), Stats(), present=monitor.present)
         Scanner(admission, lambda path: None, lambda report: None, monitor).scan("rescan", rules.roots, rules)
         assert len(list(out.glob("*.jpg"))) == left
+
+
+def test_a_damaged_roots_file_is_moved_aside_and_said(tmp_path, caplog):
+    from watcher.roots import ROOTS_FILE, RootMonitor, remembered
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / ROOTS_FILE).write_text("{not json")
+    RootMonitor((str(tmp_path / "photos"),), tmp_path / "state").start()
+    assert any("roots.json is damaged" in r.getMessage() and "moved aside" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "state").glob("roots.json.damaged-*"))
+    assert str(tmp_path / "photos") in remembered(tmp_path / "state")

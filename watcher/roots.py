@@ -119,10 +119,11 @@ def _roots_file(data: Any) -> dict[str, Identity]:
     return known
 
 
-def remembered(state_dir: Path) -> dict[str, Identity]:
-    """The roots' identities from the last run (empty when there is no record, or it is damaged)."""
+def remembered(state_dir: Path, *, repair: bool = False) -> dict[str, Identity]:
+    """The roots' identities from the last run (empty when there is no record, or it is damaged:
+    with `repair`, the daemon's start, a damaged one is moved aside and named in a WARNING)."""
     try:
-        return read_checked(state_dir / ROOTS_FILE, _roots_file, repair=False) or {}
+        return read_checked(state_dir / ROOTS_FILE, _roots_file, repair=repair) or {}
     except (OSError, Damaged):
         return {}
 
@@ -192,7 +193,7 @@ class RootMonitor:
         """At start: recall each root's identity, create a root never seen before when
         watch.create says so (never one we knew: a missing mount point stays missing), check
         them all, mark the ones we can, and remember what we found."""
-        self.known = remembered(self.state_dir)
+        self.known = remembered(self.state_dir, repair=True)
         for root in self.roots:
             self._create(root)
             self.check(root)
