@@ -178,7 +178,13 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     workers = _parse_workers(top.section("workers", WorkersConfig))
     limits = _parse_limits(top.section("limits", LimitsConfig))
     state = _parse_state(top.section("state", StateConfig), base_dir)
-    _refuse_missing(missing, state.dir)
+    if missing:  # unless the last run watched them: a mount not there yet, waited for (roots.py)
+        from .roots import remembered
+
+        known = remembered(state.dir)
+        for error in missing:
+            if error.args[1] not in known:
+                raise ConfigError(error.args[0])
     log = _parse_log(top.section("log", LogConfig), base_dir)
     metrics = _parse_metrics(top.section("metrics", MetricsConfig))
     celery = _parse_celery(top.section("celery", CeleryConfig), limits)
@@ -190,17 +196,6 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
 
 def _resolve(base_dir: Path, raw: str) -> Path:
     return Path(os.path.abspath(base_dir / os.path.expanduser(raw)))
-
-
-def _refuse_missing(missing: list[ConfigError], state_dir: Path) -> None:
-    """A missing folder is a config error, unless the last run watched it: then it is a mount
-    that is not there yet, and the daemon waits for it (roots.py)."""
-    from .roots import remembered
-
-    known = remembered(state_dir) if missing else {}
-    for error in missing:
-        if error.args[1] not in known:
-            raise ConfigError(error.args[0])
 
 
 def _parse_watch(s: Section, base_dir: Path) -> tuple[WatchConfig, list[ConfigError]]:
@@ -216,7 +211,7 @@ def _parse_watch(s: Section, base_dir: Path) -> tuple[WatchConfig, list[ConfigEr
             raise s.error(s.key("paths"), f"folder listed twice: {raw}")
         try:
             exists, is_dir = path.exists(), path.is_dir()
-        except OSError:  # there but out of reach (ENOTCONN, ESTALE, EIO): the daemon says so and waits (roots.py)
+        except OSError:  # there, out of reach (ENOTCONN, ESTALE, EIO): roots.py says so and waits
             exists = is_dir = True
         if exists and not is_dir:
             raise s.error(s.key("paths"), f"expected a folder, but {path} is not one")
