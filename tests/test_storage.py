@@ -33,10 +33,10 @@ from helpers import REPO, make_flat_jpeg, mean_colour, wait_for, write_config
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 20), (200, 40, 200), (20, 190, 200)]
 
 
-def _need_root() -> None:
-    if os.geteuid() == 0:
+def _need(ok: bool, why: str) -> None:
+    """Skip with `why` when `ok` is false; under CI=true, fail instead."""
+    if ok:
         return
-    why = "storage tests mount a loop ext4 image and a tmpfs: they need root"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why} (CI=true: failing instead of skipping)")
     pytest.skip(why)
@@ -88,7 +88,7 @@ class Mounts:
             self.points.append(point)
             options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
             if _libc().mount(b"thumbwatch-test", os.fsencode(point), b"fuse.thumbwatch-test", 0, options) != 0:
-                pytest.skip(f"cannot mount a FUSE file system here: {os.strerror(ctypes.get_errno())}")
+                _need(False, f"cannot mount a FUSE file system here: {os.strerror(ctypes.get_errno())}")
         finally:
             os.close(fd)
 
@@ -105,10 +105,9 @@ class Mounts:
 
 @pytest.fixture
 def mounts(tmp_path: Path):
-    _need_root()
+    _need(os.geteuid() == 0, "storage tests mount loop ext4 images, tmpfs and FUSE: they need root")
     for tool in ("mount", "umount", "mkfs.ext4"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"storage tests need {tool}")
+        _need(shutil.which(tool) is not None, f"storage tests need {tool} (Debian: mount, e2fsprogs)")
     made = Mounts(tmp_path)
     try:
         yield made
@@ -243,8 +242,7 @@ def test_unmounting_the_watched_folder_deletes_no_thumbnail(mounts, start_daemon
 def test_a_fuse_mount_whose_process_died_is_unavailable_not_empty(mounts, start_daemon, tmp_path):
     """ENOTCONN: a dead FUSE mount stacked over the watched file system (as when sshfs or rclone
     dies); then it is unmounted and the folder is back, unchanged."""
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse here")
+    _need(os.path.exists("/dev/fuse"), "no /dev/fuse here: cannot make a dead FUSE mount")
     root = tmp_path / "photos"
     mounts.loop(mounts.ext4_image(), root)
     names = photos(root, 4)
@@ -606,8 +604,7 @@ def test_a_walk_that_cannot_read_a_folder_sweeps_nothing_under_its_root(tmp_path
 def test_a_dead_fuse_mount_at_start_is_waited_for(mounts, start_daemon, tmp_path):
     """At start, the folder the last run watched answers ENOTCONN: the config still loads, the
     daemon starts, says why, sweeps nothing, and takes the folder up when it is back."""
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse here")
+    _need(os.path.exists("/dev/fuse"), "no /dev/fuse here: cannot make a dead FUSE mount")
     root, _image, before = _first_run(mounts, start_daemon, tmp_path)
     mounts.dead_fuse(root)
     daemon = start_daemon(config(tmp_path, absolute=True, create=True))
