@@ -99,6 +99,10 @@ def _lock(config: Config) -> instance.Instance:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     check_folders(config)
+    from .render.formats import check_patterns
+
+    for line in check_patterns(config.watch.patterns):  # which decoder serves each pattern
+        print(f"# watch.patterns: {line}", file=sys.stderr)
     print(f"# {config.source}: OK", file=sys.stderr)
     sys.stdout.write(dump(config))
     return 0

@@ -98,3 +98,91 @@ def flatten(im: Image.Image, background: str) -> Image.Image:
     src = im.convert("RGBA") if im.mode == "LA" else im
     base.paste(src.convert("RGB"), mask=src.getchannel("A"))
     return base
+
+
+# nclx colour_primaries codes (ISO/IEC 23091-2) that are sRGB's own: BT.709, and "unspecified".
+_SRGB_PRIMARIES = (1, 2)
+_D50 = (0.9642, 1.0, 0.8249)
+
+
+def nclx_profile(nclx: dict) -> bytes | None:
+    """An ICC profile for pixels that HEIF/AVIF describe by an nclx box instead of a profile
+    (Android phones: Display P3 or BT.2020 primaries), so that to_srgb converts them; None when
+    the primaries are sRGB's already (nothing to do). The transfer curve is taken as sRGB's:
+    it is what P3 uses, and what libheif's 8-bit output of an HDR photo comes nearest to."""
+    try:
+        if nclx.get("color_primaries") in _SRGB_PRIMARIES:
+            return None
+        xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"])) for c in ("red", "green", "blue", "white")]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if any(y <= 0 for _x, y in xy):
+        return None
+    return _matrix_profile(xy[:3], xy[3])
+
+
+def _xyz(x: float, y: float) -> tuple[float, float, float]:
+    return (x / y, 1.0, (1 - x - y) / y)
+
+
+def _solve(m: list[list[float]], v: tuple[float, ...]) -> list[float]:
+    """m⁻¹·v for a 3×3 matrix (Cramer's rule: three numbers, once per profile)."""
+    def det(a):
+        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+    d = det(m)
+    out = []
+    for col in range(3):
+        replaced = [[v[r] if c == col else m[r][c] for c in range(3)] for r in range(3)]
+        out.append(det(replaced) / d)
+    return out
+
+
+def _matrix_profile(primaries: list[tuple[float, float]], white: tuple[float, float]) -> bytes:
+    """An ICC v2 RGB matrix/TRC profile: primaries and white point (xy), the sRGB curve, its
+    colorants adapted to the D50 of the profile connection space (Bradford)."""
+    import struct
+
+    cols = [_xyz(*p) for p in primaries]
+    m = [[cols[c][r] for c in range(3)] for r in range(3)]
+    w = _xyz(*white)
+    s = _solve(m, w)
+    rgb_to_xyz = [[m[r][c] * s[c] for c in range(3)] for r in range(3)]
+    bradford = [[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]]
+    cone_src = [sum(bradford[r][k] * w[k] for k in range(3)) for r in range(3)]
+    cone_dst = [sum(bradford[r][k] * _D50[k] for k in range(3)) for r in range(3)]
+    inv = [_solve(bradford, tuple(1.0 if i == j else 0.0 for i in range(3))) for j in range(3)]  # columns of B⁻¹
+    b_inv = [[inv[c][r] for c in range(3)] for r in range(3)]
+    scale = [[bradford[r][c] * cone_dst[r] / cone_src[r] for c in range(3)] for r in range(3)]
+    adapt = [[sum(b_inv[r][k] * scale[k][c] for k in range(3)) for c in range(3)] for r in range(3)]
+    d50 = [[sum(adapt[r][k] * rgb_to_xyz[k][c] for k in range(3)) for c in range(3)] for r in range(3)]
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz_tag(v) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(x) for x in v)
+
+    curve = [round(65535 * ((i / 1023) / 12.92 if i / 1023 <= 0.04045 else ((i / 1023 + 0.055) / 1.055) ** 2.4)) for i in range(1024)]
+    trc = b"curv\0\0\0\0" + struct.pack(">I", len(curve)) + struct.pack(f">{len(curve)}H", *curve)
+    text = b"thumbwatch nclx RGB\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+    tags = [(b"desc", desc), (b"wtpt", xyz_tag(_D50)), (b"rXYZ", xyz_tag([d50[r][0] for r in range(3)])),
+            (b"gXYZ", xyz_tag([d50[r][1] for r in range(3)])), (b"bXYZ", xyz_tag([d50[r][2] for r in range(3)])),
+            (b"rTRC", trc), (b"gTRC", trc), (b"bTRC", trc)]
+    table_size = 4 + 12 * len(tags)
+    offset = 128 + table_size
+    table, data, placed = b"", b"", {}
+    for sig, body in tags:
+        if body not in placed:  # the three curves share one copy
+            pad = (-offset) % 4
+            data += b"\0" * pad
+            offset += pad
+            placed[body] = offset
+            data += body
+            offset += len(body)
+        table += sig + struct.pack(">II", placed[body], len(body))
+    size = 128 + table_size + len(data)
+    header = (struct.pack(">I", size) + b"\0\0\0\0" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + b"".join(s15(x) for x in _D50) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data

@@ -217,7 +217,7 @@ def _decode(f, c: Candidate, mode: str, need: tuple[int, int]):
         return f"does not decode ({err or type(err).__name__})"
     if _flat_tail(im):
         return "corrupt data (its last rows are one flat colour, as libjpeg fills what it cannot decode)"
-    if _has_bars(im):
+    if has_bars(im):
         return "letterbox or pillarbox bars"
     return im, box
 
@@ -230,7 +230,7 @@ def _flat_tail(im: Image.Image) -> bool:
     return max(ImageStat.Stat(tail).stddev) < FLAT_STDDEV
 
 
-def _has_bars(im: Image.Image) -> bool:
+def has_bars(im: Image.Image) -> bool:
     """Near-uniform dark bands along both long edges of either pair: a letterboxed preview."""
     gray = im.convert("L")
     w, h = gray.size
