@@ -17,26 +17,59 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 
-# EXIF orientation -> the transpose that makes a stored image upright (what exif_transpose applies).
-_TO_STORED = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+# The Exif/TIFF spec's own words for tag 0x0112: for each orientation, the side of the upright
+# picture where the stored image's 0th row lies, and the side where its 0th column lies
+# ("6: the 0th row represents the visual right-hand side of the image, and the 0th column the
+# visual top"). The oracle of the orientation tests, written from the spec and nothing else:
+# not from the product's transpose table, nor from Pillow's.
+EXIF_SIDES = {
+    1: ("top", "left"), 2: ("top", "right"), 3: ("bottom", "right"), 4: ("bottom", "left"),
+    5: ("left", "top"), 6: ("right", "top"), 7: ("right", "bottom"), 8: ("left", "bottom"),
 }
+_OPPOSITE = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
+# Four distinct corners, so any wrong turn or mirror shows.
+CORNERS = {"tl": (255, 0, 0), "tr": (0, 190, 0), "bl": (255, 220, 0), "br": (0, 0, 255)}
+
+
+def shown_corner(orientation: int, stored: str) -> str:
+    """Where a corner of the stored pixels ('tl', 'tr', 'bl', 'br') is seen once the photo is
+    shown upright: its row lies on the 0th row's side or the opposite one, its column likewise."""
+    row_side, column_side = EXIF_SIDES[orientation]
+    sides = {row_side if stored[0] == "t" else _OPPOSITE[row_side], column_side if stored[1] == "l" else _OPPOSITE[column_side]}
+    return ("t" if "top" in sides else "b") + ("l" if "left" in sides else "r")
+
+
+def cornered_image(width: int, height: int, colours: dict[str, tuple[int, int, int]]) -> Image.Image:
+    """Grey, with a block a quarter of each side in each corner, in the given colours."""
+    im = Image.new("RGB", (width, height), (128, 128, 128))
+    cw, ch = max(1, width // 4), max(1, height // 4)
+    for corner, colour in colours.items():
+        x = 0 if corner[1] == "l" else width - cw
+        y = 0 if corner[0] == "t" else height - ch
+        im.paste(colour, (x, y, x + cw, y + ch))
+    return im
 
 
 def upright_test_image(width: int, height: int) -> Image.Image:
-    """Grey image with a red top-left corner and a blue bottom-right one, so orientation shows."""
-    im = Image.new("RGB", (width, height), (128, 128, 128))
+    """Grey image with a red top-left corner, a blue bottom-right one (and green top-right,
+    yellow bottom-left), so orientation shows."""
+    return cornered_image(width, height, CORNERS)
+
+
+def stored_test_image(width: int, height: int, orientation: int) -> Image.Image:
+    """The pixels a camera stores for an upright width x height picture (upright_test_image)
+    taken at `orientation`: each stored corner gets the colour of the upright corner where the
+    spec says it is shown."""
+    swapped = orientation >= 5
+    sw, sh = (height, width) if swapped else (width, height)
+    stored = Image.new("RGB", (sw, sh), (128, 128, 128))
     cw, ch = max(1, width // 4), max(1, height // 4)
-    im.paste((255, 0, 0), (0, 0, cw, ch))
-    im.paste((0, 0, 255), (width - cw, height - ch, width, height))
-    return im
+    bw, bh = (ch, cw) if swapped else (cw, ch)
+    for corner in CORNERS:
+        x = 0 if corner[1] == "l" else sw - bw
+        y = 0 if corner[0] == "t" else sh - bh
+        stored.paste(CORNERS[shown_corner(orientation, corner)], (x, y, x + bw, y + bh))
+    return stored
 
 
 def make_jpeg(path: str | os.PathLike[str], width: int = 400, height: int = 300, *, orientation: int = 1, quality: int = 90) -> Path:
@@ -46,16 +79,10 @@ def make_jpeg(path: str | os.PathLike[str], width: int = 400, height: int = 300,
     so only a reader that applies the orientation sees the red corner top-left.
     """
     path = Path(path)
-    upright = upright_test_image(width, height)
-    stored_op = _TO_STORED[orientation]
-    # exif_transpose applies the inverse of how the camera stored it; for 6 and 8 the inverse
-    # of ROTATE_270 is ROTATE_90 and vice versa, the others are their own inverse.
-    inverse = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
-    stored = upright if stored_op is None else upright.transpose(inverse.get(stored_op, stored_op))
     exif = Image.Exif()
     exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
-    stored.save(path, "JPEG", quality=quality, exif=exif.tobytes())
+    stored_test_image(width, height, orientation).save(path, "JPEG", quality=quality, exif=exif.tobytes())
     return path
 
 
@@ -86,6 +113,10 @@ def is_red(rgb: tuple[int, int, int]) -> bool:
 def is_blue(rgb: tuple[int, int, int]) -> bool:
     r, g, b = rgb
     return b > 180 and r < 80 and g < 80
+
+
+def near(rgb: tuple[int, int, int], colour: tuple[int, int, int], tolerance: int = 60) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(rgb, colour))
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "") -> object:

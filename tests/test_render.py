@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat, JpegImagePlugin
 
-from helpers import corner_colour, is_blue, is_red, make_jpeg, temp_files
+from helpers import CORNERS, corner_colour, cornered_image, is_blue, is_red, make_jpeg, near, shown_corner, temp_files
 from imagegen import alpha_png, camera_like, cmyk_jpeg, gps_exif, swapped_primaries_profile
 from watcher.config import OutputConfig, SizeSpec
 from watcher.paths import Target
@@ -140,6 +140,36 @@ def test_every_exif_orientation_comes_out_upright(tmp_path, orientation):
         assert is_red(corner_colour(thumb, "tl")), (thumb.size, corner_colour(thumb, "tl"))
         assert is_blue(corner_colour(thumb, "br")), (thumb.size, corner_colour(thumb, "br"))
         assert thumb.getexif().get(0x0112) in (None, 1)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_stored_corner_is_shown_where_the_spec_puts_it(tmp_path, orientation):
+    """The oracle is the Exif spec's sentence for each orientation (helpers.EXIF_SIDES), applied
+    to pixels: a photo stored with four distinct corner colours comes out with each colour in
+    the corner where the spec says it is seen."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    src = tmp_path / "p.jpg"
+    cornered_image(300, 200, CORNERS).save(src, "JPEG", quality=95, exif=exif.tobytes())  # as the camera stored it
+    thumbs = run(src, tmp_path / "out", size("l", 150, 150), size("m", 60, 60), size("fill", 40, 40, mode="fill"))
+    assert thumbs[0].size == ((100, 150) if orientation >= 5 else (150, 100))
+    for thumb in thumbs:
+        for stored, colour in CORNERS.items():
+            shown = shown_corner(orientation, stored)
+            assert near(corner_colour(thumb, shown), colour), (thumb.size, stored, shown, corner_colour(thumb, shown))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_orientation_oracle_agrees_with_pillows_exif_transpose(tmp_path, orientation):
+    """A second, independent reading of the spec checks the oracle itself (and make_jpeg's
+    stored pixels): Pillow's exif_transpose shows the red corner top-left, blue bottom-right."""
+    from PIL import ImageOps
+
+    with Image.open(make_jpeg(tmp_path / "p.jpg", 200, 100, orientation=orientation)) as im:
+        upright = ImageOps.exif_transpose(im)
+    assert upright.size == (200, 100)
+    for corner, colour in CORNERS.items():
+        assert near(corner_colour(upright, corner), colour), (corner, corner_colour(upright, corner))
 
 
 def test_result_reports_the_upright_size(tmp_path):
