@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -303,3 +304,23 @@ def palette(i: int) -> tuple[int, int, int]:
     """The i-th of 216 flat colours, each at least 40 apart from the others in some channel."""
     i %= 216
     return (20 + 40 * (i % 6), 20 + 40 * (i // 6 % 6), 20 + 40 * (i // 36))
+
+
+@contextlib.contextmanager
+def library_missing(name: str):
+    """As if the optional library `name` (pillow_heif...) were not installed: None in
+    sys.modules is Python's own marker that makes every import and find_spec of it fail, and the
+    render registry is made to look again (it remembers what it found once per process)."""
+    from watcher.render import formats
+
+    before = sys.modules.get(name, ...)
+    sys.modules[name] = None  # type: ignore[assignment]
+    formats._missing.cache_clear()
+    try:
+        yield
+    finally:
+        if before is ...:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = before
+        formats._missing.cache_clear()

@@ -5,6 +5,7 @@ Real Pillow on generated images; every output is opened again and checked.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat, JpegImagePlugin
 
-from helpers import CORNERS, corner_colour, cornered_image, is_blue, is_red, make_jpeg, near, shown_corner, temp_files
+from helpers import CORNERS, corner_colour, cornered_image, is_blue, is_red, library_missing, make_jpeg, near, shown_corner, temp_files
 from imagegen import alpha_png, camera_like, cmyk_jpeg, gps_exif, swapped_primaries_profile
 from watcher.config import OutputConfig, SizeSpec
 from watcher.paths import Target
@@ -449,16 +450,18 @@ def test_truncated_and_corrupt_jpeg(tmp_path):
     ],
 )
 def test_impostors_named_jpg_are_explained(tmp_path, content, reason):
-    if b"ftypheic" in content:  # the HEIF case only holds without pillow-heif
-        try:
-            import pillow_heif  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            pytest.skip("pillow-heif is installed: HEIF is readable")
     src = tmp_path / "photo.jpg"
     src.write_bytes(content)
-    assert fails(src, tmp_path) == reason
+    # the HEIF case is what an install without the heif extra says
+    with library_missing("pillow_heif") if b"ftypheic" in content else contextlib.nullcontext():
+        assert fails(src, tmp_path) == reason
+
+
+def test_a_broken_heif_named_jpg_is_explained_with_the_heif_extra(tmp_path):
+    pytest.importorskip("pillow_heif")
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    assert fails(src, tmp_path).startswith("corrupt HEIF (")
 
 
 def test_twelve_bit_jpeg_is_unsupported_not_corrupt(tmp_path):
