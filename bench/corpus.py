@@ -141,3 +141,42 @@ def preview_set(count: int, width: int = 4000, height: int = 3000) -> list[Path]
                            mpf_preview=preview, quality=85 + (i // 4) % 3, subsampling="4:2:2")
         os.replace(temp, path)
     return paths
+
+
+def heif_set(count: int, width: int = 4032, height: int = 3024) -> list[Path]:
+    """`count` 12 MP photo-like HEICs as phones write them: HEVC at about an iPhone's size per
+    pixel, a 320 px thumbnail item, orientation 1 or 6 as an irot transform plus the EXIF tag.
+    Made once (x265 takes tens of seconds for each on this box)."""
+    import pillow_heif
+
+    folder = CACHE / f"heic-{width}x{height}-v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"heic_{i:04d}.heic" for i in range(count)]
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        exif = Image.Exif()
+        exif[0x010F] = "thumbwatch-bench"
+        exif[0x0112] = (1, 6)[i % 2]
+        temp = path.with_suffix(".part")
+        pillow_heif.from_pillow(photo_like(i + 2000, width, height)).save(temp, format="HEIF", quality=50, thumbnails=[320],
+                                                                         exif=exif.tobytes())
+        os.replace(temp, path)
+    return paths
+
+
+def avif_set(count: int, width: int = 4032, height: int = 3024) -> list[Path]:
+    """`count` 12 MP photo-like AVIFs written by Pillow's AVIF plugin (libavif), orientation 1
+    or 6 (written as irot). Made once."""
+    folder = CACHE / f"avif-{width}x{height}-v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"avif_{i:04d}.avif" for i in range(count)]
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        exif = Image.Exif()
+        exif[0x0112] = (1, 6)[i % 2]
+        temp = path.with_suffix(".part")
+        photo_like(i + 3000, width, height).save(temp, format="AVIF", quality=60, speed=8, exif=exif.tobytes())
+        os.replace(temp, path)
+    return paths
