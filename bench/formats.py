@@ -15,7 +15,9 @@ in the same run, and what the format dispatch costs the JPEG path.
   the same photos in the same run, each in its own process, rounds interleaved.
 
 Every case runs in-process, one photo after another, rounds interleaved so that a drifting
-load hits all alike; figures are medians over the rounds with their spread (fastest–slowest).
+load hits all alike, timed in CPU time (the work done, whatever else loads this shared box;
+for HEIC and AVIF the decoder's threads added up); figures are medians over the rounds with
+their spread (fastest–slowest).
 """
 
 from __future__ import annotations
@@ -87,17 +89,18 @@ def pyvips_heif_problem(src: str) -> str | None:
 
 
 def timed_rounds(cases: dict, jobs: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
-    """ms per image of each case, one sample per round; cases interleaved within each round."""
+    """CPU ms per image of each case (all threads of this process: libheif and libavif decode
+    on several), one sample per round; cases interleaved within each round."""
     for name, fn in cases.items():
         fn(jobs[name][0], "warm")
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for rnd in range(rounds):
         for name, fn in cases.items():
             gc.collect()
-            start = time.perf_counter()
+            start = time.process_time()
             for src in jobs[name]:
                 fn(src, f"{name}-{rnd}")
-            samples[name].append((time.perf_counter() - start) * 1000 / len(jobs[name]))
+            samples[name].append((time.process_time() - start) * 1000 / len(jobs[name]))
     return samples
 
 
@@ -247,7 +250,7 @@ def report(r: dict, rows: list[tuple[str, str, str]]) -> str:
     lines = [f"thumbwatch bench.formats — {m['cpu']} ({m['arch']}), {m['cpus']} CPUs ({m['usable_cpus']} usable), "
              f"Python {m['python']}, Pillow {m['pillow']}, {m['pyvips'] or 'no pyvips'}",
              "inputs: " + "; ".join(f"{k}: {v}" for k, v in r["inputs"].items()),
-             f"ms per image, median of {r['rounds']} rounds (fastest–slowest):"]
+             f"CPU ms per image, median of {r['rounds']} rounds (fastest–slowest):"]
     for name, value in r["ms_per_image"].items():
         lines.append(f"  {name:34s} {value:9.2f}  ({spread[name][0]}–{spread[name][1]})")
     lines.append(f"  format dispatch: {r['dispatch_us_per_photo']} µs per photo")
