@@ -63,18 +63,30 @@ def _warm_pool(fn, job: tuple[str, str]):
     return pool
 
 
-def pool_rate(fn, paths: list[Path], out: Path, chunksize: int = 4) -> float:
-    """Images per second for `fn` over `paths` in WORKERS processes (chunks of 4, like Pool.map)."""
+def _cpu_of(fn_job) -> float:
+    """Run one job in a pool worker; its CPU time in seconds (this worker's threads)."""
+    fn, job = fn_job
+    start = time.process_time()
+    fn(job)
+    return time.process_time() - start
+
+
+def pool_rate(fn, paths: list[Path], out: Path, chunksize: int = 4, cpu: list[float] | None = None) -> float:
+    """Images per second for `fn` over `paths` in WORKERS processes (chunks of 4, like Pool.map);
+    with `cpu`, the CPU ms per photo the workers spent is appended to it."""
     jobs = _jobs(paths, out)
     with _warm_pool(fn, jobs[0]) as pool:
         start = time.perf_counter()
-        pool.map(fn, jobs, chunksize=chunksize)
-        return len(paths) / (time.perf_counter() - start)
+        seconds = pool.map(_cpu_of, [(fn, job) for job in jobs], chunksize=chunksize)
+        rate = len(paths) / (time.perf_counter() - start)
+    if cpu is not None:
+        cpu.append(sum(seconds) * 1000 / len(paths))
+    return rate
 
 
-def bare_loop_rate(fn, paths: list[Path], out: Path) -> float:
+def bare_loop_rate(fn, paths: list[Path], out: Path, cpu: list[float] | None = None) -> float:
     """A bare loop in each of WORKERS processes over its share of the photos: no queue, no watching."""
-    return pool_rate(fn, paths, out, chunksize=-(-len(paths) // WORKERS))
+    return pool_rate(fn, paths, out, chunksize=-(-len(paths) // WORKERS), cpu=cpu)
 
 
 def _jobs(paths: list[Path], out: Path) -> list[tuple[str, str]]:
@@ -101,13 +113,16 @@ def daemon_rate(paths: list[Path], boxes: tuple[int, ...], result: dict, outside
     try:
         daemon.wait_line(r"catch-up done")
         before = daemon.done
-        main_ticks = cpu_ticks([daemon.proc.pid])
+        pids = daemon.pids()
+        main_ticks, all_ticks = cpu_ticks([daemon.proc.pid]), cpu_ticks(pids)
         start = time.perf_counter()
         for p in paths:
             os.rename(staging / p.name, photos / p.name)
         elapsed = daemon.wait_done(before + len(paths)) - start
-        main_ms = (cpu_ticks([daemon.proc.pid]) - main_ticks) * 1000 / os.sysconf("SC_CLK_TCK") / len(paths)
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        main_ms = (cpu_ticks([daemon.proc.pid]) - main_ticks) * tick_ms / len(paths)
         result.setdefault("main_cpu_ms_per_photo", []).append(main_ms)
+        result.setdefault("cpu_ms_per_photo", []).append((cpu_ticks(pids) - all_ticks) * tick_ms / len(paths))
         last = thumbs / (f"s{boxes[-1]}" if len(boxes) > 1 else "")
         if count_files(last) != len(paths):
             raise RuntimeError(f"{count_files(last)} thumbnails in {last}, expected {len(paths)}")
@@ -175,11 +190,12 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
         one_mem: dict = {}
         three_mem: dict = {}
         outside: dict = {}
+        cpu: dict[str, list[float]] = {"decode_floor": [], "bare_render_1size": []}
         methods_ = {
-            "decode_floor": lambda: pool_rate(methods.decode_floor, paths, out),
+            "decode_floor": lambda: pool_rate(methods.decode_floor, paths, out, cpu=cpu["decode_floor"]),
             "decode_floor_1024": lambda: pool_rate(methods.decode_floor_1024, paths, out),
             "classic_equal_settings": lambda: pool_rate(methods.classic_equal, paths, out),
-            "bare_render_1size": lambda: bare_loop_rate(methods.render_one, paths, out),
+            "bare_render_1size": lambda: bare_loop_rate(methods.render_one, paths, out, cpu=cpu["bare_render_1size"]),
             "bare_render_3sizes": lambda: bare_loop_rate(methods.render_three, paths, out),
             "pyvips_equal_settings": lambda: pool_rate(methods.pyvips_equal, paths, out),
             "classic_as_written": lambda: pool_rate(methods.classic_as_written, paths, out),
@@ -201,6 +217,10 @@ def bench_throughput(n12: int, n2: int, repeats: int, results: dict) -> None:
             results.setdefault("memory", {})["worker_peak_rss_mb_12mp"] = mem
         info[label] = {k: round(v, 1) for k, v in rates.items()}
         info[label + "_samples"] = {k: [round(v, 1) for v in values] for k, values in samples.items()}
+        # CPU per photo (workers; the daemon's main process too): the work done, whatever else
+        # loads this shared box, beside the wall-clock rates it slows down
+        cpu["daemon_1size"] = one_mem["cpu_ms_per_photo"]
+        info[label + "_cpu_ms_per_photo"] = {k: [round(v, 2) for v in values] for k, values in cpu.items()}
         info[label + "_round_ratios"] = {
             "daemon_1size / decode_floor": round_ratios(samples, "daemon_1size", "decode_floor"),
             "daemon_1size / bare_render_1size": round_ratios(samples, "daemon_1size", "bare_render_1size"),
@@ -640,6 +660,12 @@ def targets(r: dict) -> list[tuple[str, str, str]]:
             if rr:
                 add_rounds(f"daemon / bare render loop, one size, throughput, {size.upper()} (no slowdown from the daemon)",
                            rr["daemon_1size / bare_render_1size"], 0.95, False)
+            cpu = r["throughput"].get(size + "_cpu_ms_per_photo")
+            if cpu:
+                med = {k: statistics.median(v) for k, v in cpu.items()}
+                rows.append((f"  {size.upper()}: CPU per photo, bare render loop / daemon (workers + main process); decode floor (a figure)",
+                             f"{med['bare_render_1size'] / med['daemon_1size']:.3g}× ({med['bare_render_1size']:.3g} / "
+                             f"{med['daemon_1size']:.3g} ms); floor {med['decode_floor']:.3g} ms", "FIGURE"))
         if "pyvips_equal_settings" in t:
             add("daemon / pyvips at equal settings, throughput", t["daemon_1size"] / t["pyvips_equal_settings"], 1.25, False)
         rows.append(("  daemon three sizes / one size, time per photo (a figure)", f"{t['daemon_1size'] / t['daemon_3sizes']:.3g}×", "FIGURE"))
