@@ -8,12 +8,13 @@ four distinct corner colours against the Exif spec's words (helpers.EXIF_SIDES),
 from __future__ import annotations
 
 import array
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image, features
 
-from helpers import CORPUS, CORNERS, corner_colour, cornered_image, near, shown_corner, stored_test_image
+from helpers import CORPUS, CORNERS, corner_colour, cornered_image, edit_config, near, shown_corner, stored_test_image, thumb, wait_for
 from imagegen import swapped_primaries_profile
 from watcher.config import OutputConfig, SizeSpec
 from watcher.paths import Target
@@ -253,6 +254,31 @@ def test_a_jpeg_named_heic_is_rendered_as_what_it_is(tmp_path):
     cornered_image(200, 100, CORNERS).save(src, "JPEG", quality=92)
     (thumb,) = run(src, tmp_path / "out")
     assert_corners(thumb)
+
+
+def test_the_daemon_renders_heic_in_its_workers_and_fails_a_truncated_one_once(project, start_daemon, tmp_path):
+    """End to end: pillow-heif is imported in a worker, never in the master; a good, turned HEIC
+    gets an upright thumbnail, a truncated one one `failed` line with a reason, and work goes on."""
+    edit_config(project, "  create: true\n", '  create: true\n  patterns: ["*.jpg", "*.heic"]\n')
+    daemon = start_daemon()
+    daemon.wait_ready()
+    outside = tmp_path / "phone"
+    outside.mkdir()
+    good = heic(outside / "IMG_0001.HEIC", stored_test_image(240, 160, 6), orientation=6)
+    data = heic(outside / "x.heic", stored_test_image(240, 160, 1)).read_bytes()
+    (outside / "IMG_0002.heic").write_bytes(data[: len(data) // 2])
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic"):
+        os.rename(outside / name, project / "photos" / name)
+    path = thumb(project, "IMG_0001.HEIC.jpg")
+    wait_for(path.exists, 20, message=f"thumbnail {path}")
+    with Image.open(path) as im:
+        assert im.size == (64, 43)
+        assert_corners(im.convert("RGB"), 6)
+    line = daemon.wait_log(r"failed \S*IMG_0002\.heic")[0]
+    assert "truncated HEIF" in line and "Traceback" not in daemon.text(), line
+    with open(f"/proc/{daemon.proc.pid}/maps") as maps:
+        assert "pillow_heif" not in maps.read()  # the master never loaded the decoder
+    assert good.exists() is False and len(daemon.matching(r"failed \S*IMG_0002")) == 1
 
 
 # --- AVIF ---------------------------------------------------------------------------------

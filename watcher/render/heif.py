@@ -84,6 +84,8 @@ def _heif_reason(text: str, kind: str | None) -> str:
     lowered = text.lower()
     if "end of file" in lowered or "truncated" in lowered or "no more input" in lowered:
         return f"truncated {name}"
+    if "security limit" in lowered:
+        return f"image too large for libheif ({text.split(':')[-1].strip() or text})"
     if "unsupported" in lowered:
         return f"unsupported {name} ({text.split(':')[-1].strip() or text})"
     if "no such" in lowered and "item" in lowered or "no primary" in lowered or "no 'pitm'" in lowered:
