@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -348,8 +349,11 @@ def test_shared_corpus_through_the_daemon(project, start_daemon):
     daemon.wait_ready()
     for rel, _expected, *_ in rows:
         shutil.copy(CORPUS / rel, project / "photos" / Path(rel).name)
-    good = [Path(rel).name for rel, expected, *_ in rows if expected == "thumbnail"]
-    bad = [Path(rel).name for rel, expected, *_ in rows if expected == "error"]
+    # with the heif extra (in the test extra), a HEIC named .jpg is decoded for what it is
+    heif = importlib.util.find_spec("pillow_heif") is not None
+    readable = [Path(row[0]).name for row in rows if heif and "IMPOSTOR: HEIF" in row[-1]]
+    good = [Path(rel).name for rel, expected, *_ in rows if expected == "thumbnail"] + readable
+    bad = [Path(rel).name for rel, expected, *_ in rows if expected == "error" and Path(rel).name not in readable]
     for name in good:
         wait_for(thumb(project, name).exists, 60, message=f"thumbnail of {name}")
     for name in bad:

@@ -20,7 +20,13 @@ photo's size and metadata, its pixels decoded only when the pipeline asks (Sourc
 with the size the largest thumbnail needs, so a decoder can take a fast path). Expected
 failures raise RenderError with a human reason; what a library raises while decoding is
 turned into one by the pipeline (diagnose.reason). To add a format: a Format row below, and
-for a new library a Decoder row and its module (raw.py and video.py plug in here).
+for a new library a Decoder row and its module (raw.py and video.py plug in here: their rows,
+RAW and VIDEO, are below; a pattern naming them is refused until the module exists).
+
+A decoder that finds a JPEG inside its file (a RAW's preview) can return
+pillow.PillowSource(Image.open(BytesIO(jpeg)), "jpeg", None, previews=False, orientation=...)
+and gets the JPEG path's DCT-scaled decode; one that makes pixels itself (a video frame)
+returns Source(image, kind, oriented=True) with the image already upright.
 """
 
 from __future__ import annotations
