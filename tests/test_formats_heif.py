@@ -298,6 +298,21 @@ def test_avif_through_pillows_plugin_is_turned_upright_once(tmp_path, orientatio
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF plugin")
+def test_avif_nclx_display_p3_is_converted_to_srgb(tmp_path):
+    src = tmp_path / "p.avif"
+    Image.new("RGB", (64, 48), (200, 100, 100)).save(src, "AVIF", quality=100, subsampling="4:4:4")
+    (thumb,) = run(src, tmp_path / "a", size(width=32, height=32, format="png"))
+    assert near(thumb.getpixel((10, 10)), (200, 100, 100), 3), thumb.getpixel((10, 10))  # BT.709 primaries: as it is
+    data = bytearray(src.read_bytes())
+    at = data.index(b"colrnclx")
+    assert data[at + 8 : at + 10] == b"\x00\x01"
+    data[at + 8 : at + 10] = (12).to_bytes(2, "big")  # the same pixels, described as Display P3
+    src.write_bytes(bytes(data))
+    (thumb,) = run(src, tmp_path / "b", size(width=32, height=32, format="png"))
+    assert near(thumb.getpixel((10, 10)), (215, 93, 97), 4), thumb.getpixel((10, 10))
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF plugin")
 def test_truncated_avif_is_explained(tmp_path):
     src = tmp_path / "p.avif"
     stored_test_image(400, 300, 1).save(src, "AVIF", quality=90)

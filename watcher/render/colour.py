@@ -102,7 +102,27 @@ def flatten(im: Image.Image, background: str) -> Image.Image:
 
 # nclx colour_primaries codes (ISO/IEC 23091-2) that are sRGB's own: BT.709, and "unspecified".
 _SRGB_PRIMARIES = (1, 2)
+# The others a photo may carry: red, green, blue and white (x, y), from the same table.
+_PRIMARIES = {
+    5: ((0.64, 0.33), (0.29, 0.60), (0.15, 0.06), (0.3127, 0.3290)),  # BT.470 BG (PAL)
+    6: ((0.630, 0.340), (0.310, 0.595), (0.155, 0.070), (0.3127, 0.3290)),  # SMPTE 170M (NTSC)
+    7: ((0.630, 0.340), (0.310, 0.595), (0.155, 0.070), (0.3127, 0.3290)),  # SMPTE 240M
+    9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046), (0.3127, 0.3290)),  # BT.2020
+    11: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.314, 0.351)),  # DCI-P3
+    12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060), (0.3127, 0.3290)),  # Display P3
+}
 _D50 = (0.9642, 1.0, 0.8249)
+
+
+def read_nclx(head: bytes) -> dict | None:
+    """The nclx colour description of a HEIF/AVIF file from its first bytes (its 'colr' box of
+    type 'nclx', in the meta box before the image data), or None. For decoders that do not
+    report it (Pillow's AVIF plugin converts YUV to RGB but says nothing of the primaries)."""
+    at = head.find(b"colrnclx")
+    if at < 0 or len(head) < at + 15:
+        return None
+    primaries, transfer, matrix = (int.from_bytes(head[at + 8 + 2 * i : at + 10 + 2 * i], "big") for i in range(3))
+    return {"color_primaries": primaries, "transfer_characteristics": transfer, "matrix_coefficients": matrix}
 
 
 def nclx_profile(nclx: dict) -> bytes | None:
@@ -110,12 +130,15 @@ def nclx_profile(nclx: dict) -> bytes | None:
     (Android phones: Display P3 or BT.2020 primaries), so that to_srgb converts them; None when
     the primaries are sRGB's already (nothing to do). The transfer curve is taken as sRGB's:
     it is what P3 uses, and what libheif's 8-bit output of an HDR photo comes nearest to."""
+    code = nclx.get("color_primaries") if isinstance(nclx, dict) else None
+    if code in _SRGB_PRIMARIES:
+        return None
     try:
-        if nclx.get("color_primaries") in _SRGB_PRIMARIES:
-            return None
         xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"])) for c in ("red", "green", "blue", "white")]
     except (KeyError, TypeError, ValueError, AttributeError):
-        return None
+        if code not in _PRIMARIES:
+            return None
+        xy = list(_PRIMARIES[code])
     if any(y <= 0 for _x, y in xy):
         return None
     return _matrix_profile(xy[:3], xy[3])

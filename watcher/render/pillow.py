@@ -1,6 +1,6 @@
 """The formats Pillow decodes itself: JPEG (and MPO), PNG, WebP, GIF, TIFF, BMP, and AVIF when
 Pillow has its AVIF plugin (which reports AVIF's irot/imir as the EXIF orientation, so the
-pipeline turns it upright once, as for a JPEG).
+pipeline turns it upright once, as for a JPEG; its nclx primaries we read ourselves).
 
 JPEG has the fast paths: libjpeg's DCT scaling (decode at the smallest 1/2, 1/4 or 1/8 scale
 that still covers the largest thumbnail) and, with output.embedded_preview, a camera's embedded
@@ -13,7 +13,7 @@ import os
 
 from PIL import Image, UnidentifiedImageError
 
-from . import preview
+from . import colour, preview
 from .diagnose import PHOTO_ERRORS, check_jpeg_frame, reason, unidentified
 from .errors import RenderError
 from .formats import Source
@@ -22,6 +22,7 @@ from ..paths import JPEG_EXTS
 # What we ask Pillow to recognise (JPEG's opener also yields MPO, which may not be named in
 # formats=); AVIF only for a file that looks like one.
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+_NCLX_HEAD = 64 * 1024  # an AVIF's meta box, with its colr, comes first and is small
 
 
 def open(f, kind: str | None, src: str, settings) -> Source:  # noqa: A001 - the decoder interface
@@ -35,7 +36,23 @@ def open(f, kind: str | None, src: str, settings) -> Source:  # noqa: A001 - the
         raise RenderError(unidentified(kind, f, jpeg_named)) from None
     except PHOTO_ERRORS as err:
         raise RenderError(reason(err, kind, f)) from None
+    if kind == "avif" and not im.info.get("icc_profile"):
+        _profile_from_nclx(im, f)
     return PillowSource(im, kind, f)
+
+
+def _profile_from_nclx(im: Image.Image, f) -> None:
+    """An AVIF that describes its colour by nclx primaries other than sRGB's (Display P3,
+    BT.2020) gets an ICC profile made from them, so the pipeline converts it to sRGB as it
+    would a profiled photo (Pillow's plugin reports no primaries)."""
+    try:
+        f.seek(0)
+        nclx = colour.read_nclx(f.read(_NCLX_HEAD))
+    except OSError:
+        return
+    profile = colour.nclx_profile(nclx) if nclx else None
+    if profile is not None:
+        im.info["icc_profile"] = profile
 
 
 class PillowSource(Source):
