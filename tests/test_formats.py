@@ -134,7 +134,7 @@ def test_a_file_whose_decoder_is_missing_fails_with_what_to_install(tmp_path):
         other = tmp_path / f"x{fmt.extensions[0]}"
         make_jpeg(other)  # content a decoder could read: only the missing decoder stops it
         reason = run_one(other, tmp_path)
-        assert reason.startswith(f"{fmt.name} image (cannot be read; "), reason
+        assert reason.startswith(f"{fmt.name} {fmt.noun} (cannot be read; "), reason
 
 
 def test_text_named_like_a_video_is_not_an_image(tmp_path):

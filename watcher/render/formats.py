@@ -78,6 +78,7 @@ class Format:
     kinds: tuple[str, ...]  # what diagnose.sniff calls its content
     decoders: tuple[Decoder, ...]  # in order of preference: the first this install has serves it
     by_extension: bool = False  # its content does not identify it: the file name does
+    noun: str = "image"  # what one is called in a failure: "HEIF image", "video file"
 
     def decoder(self) -> Decoder | None:
         return next((d for d in self.decoders if d.missing() is None), None)
@@ -108,7 +109,7 @@ FORMATS = (
     Format("HEIF", (".heic", ".heif", ".hif"), ("heif",), (HEIF,)),
     Format("AVIF", (".avif",), ("avif",), (PILLOW_AVIF, HEIF_AVIF)),
     Format("camera RAW", RAW_EXTS, (), (RAW,), by_extension=True),
-    Format("video", VIDEO_EXTS, (), (VIDEO,), by_extension=True),
+    Format("video", VIDEO_EXTS, (), (VIDEO,), by_extension=True, noun="file"),
 )
 _BY_EXTENSION = {ext: fmt for fmt in FORMATS for ext in fmt.extensions}
 _BY_KIND = {kind: fmt for fmt in FORMATS for kind in fmt.kinds}
@@ -173,7 +174,7 @@ def _uninstalled(fmt: Format, src: str) -> str:
     named = _BY_EXTENSION.get(os.path.splitext(src)[1].lower())
     if named is not None and named is not fmt:
         return f"not a {named.name} (looks like {fmt.name}; {hint})"
-    return f"{fmt.name} image (cannot be read; {hint})"
+    return f"{fmt.name} {fmt.noun} (cannot be read; {hint})"
 
 
 class Source:
