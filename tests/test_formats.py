@@ -55,6 +55,16 @@ def test_a_pattern_this_install_cannot_decode_is_refused_with_what_to_install():
                 formats.check_patterns([f"*{fmt.extensions[0]}"])
 
 
+def test_a_library_installed_after_start_is_seen_by_the_next_check(monkeypatch):
+    """A reload after `pip install 'thumbwatch[heif]'` must not refuse what is now installed."""
+    pytest.importorskip("pillow_heif")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed, as Python sees it
+    with pytest.raises(formats.UnservedPattern):
+        formats.check_patterns(["*.heic"])
+    monkeypatch.delitem(sys.modules, "pillow_heif")  # "installed" now; nobody clears the registry's memory
+    assert formats.check_patterns(["*.heic"]) == ["*.heic: HEIF by pillow-heif"]
+
+
 def test_the_config_refuses_it_naming_the_key(tmp_path):
     from watcher.config import ConfigError, load
 

@@ -269,5 +269,8 @@ def serving(pattern: str) -> str:
 
 def check_patterns(patterns: Iterable[str]) -> list[str]:
     """serving() for each pattern: what check-config prints; UnservedPattern for the first
-    pattern this install cannot serve at all."""
+    pattern this install cannot serve at all. Looks again each time (a reload after
+    `pip install 'thumbwatch[heif]'` sees the new library)."""
+    importlib.invalidate_caches()
+    _missing.cache_clear()
     return [serving(p) for p in patterns]
