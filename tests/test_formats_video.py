@@ -195,28 +195,46 @@ def test_the_video_extensions_are_served_by_pyav():
         assert fmt.name == "video" and fmt.decoder() is formats.VIDEO, ext
 
 
+CAPPED = """
+import sys
+from watcher.limits import memory_cap
+from watcher.config import OutputConfig, SizeSpec
+from watcher.paths import Target
+from watcher.render import RenderError, RenderSettings, render
+import watcher.render.video, watcher.render.raw, av, rawpy  # a worker has these mapped before a photo needs them
+room = int(sys.argv[2])
+if room:
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmSize:"))
+    memory_cap(used + room)
+else:
+    memory_cap(2048)  # limits.worker_memory_mb's default
+s = SizeSpec(name="s", width=64, height=64)
+try:
+    render(sys.argv[1], [Target(s, sys.argv[1] + ".jpg")], RenderSettings(OutputConfig(sizes=(s,)), 10**9))
+    print("ok")
+except RenderError as err:
+    print("failed:", err)
+"""
+
+
 def test_decoders_work_under_the_workers_memory_cap_and_fail_cleanly_below_it(tmp_path):
     """A worker caps its address space (limits.memory_cap); FFmpeg and LibRaw run inside it.
-    Run in a child process, as a worker is: a clip renders under the default cap, and a cap
-    too small for its frames is an 'out of memory' failure, not a crash."""
-    src = clip(tmp_path / "a.mp4", [flat(RED)] * 2)
-    script = textwrap.dedent(f"""
-        import sys
-        from watcher.limits import memory_cap
-        from watcher.config import OutputConfig, SizeSpec
-        from watcher.paths import Target
-        from watcher.render import RenderError, RenderSettings, render
-        import watcher.render.video, av, PIL.Image  # a worker has these mapped before its cap bites
-        memory_cap(int(sys.argv[1]))
-        s = SizeSpec(name="s", width=64, height=64)
-        try:
-            render({str(src)!r}, [Target(s, {str(tmp_path / 'o.jpg')!r})], RenderSettings(OutputConfig(sizes=(s,)), 10**9))
-            print("ok")
-        except RenderError as err:
-            print("failed:", err)
-    """)
-    ok = subprocess.run([sys.executable, "-c", script, "2048"], capture_output=True, text=True, timeout=60)
-    assert ok.stdout.strip() == "ok", ok.stdout + ok.stderr
+    In a child process capped as a worker is: a 1080p clip and a 3 MP DNG render under the
+    default cap, and with only 10 MB to spare each fails as 'out of memory', not as a corrupt
+    file (which tells people to delete a good one) and not as a crash."""
+    pytest.importorskip("rawpy")
+    from mediagen import dng
+
+    video = clip(tmp_path / "a.mp4", [flat(RED, (1920, 1080))] * 2)
+    raw = dng(tmp_path / "a.dng", RED, size=(2000, 1500))
+    for src in (video, raw):
+        for room, expected in (("0", "ok"), ("10", "failed:")):
+            done = subprocess.run([sys.executable, "-c", CAPPED, str(src), room], capture_output=True, text=True, timeout=60)
+            out = done.stdout.strip()
+            assert out.startswith(expected), (src.name, room, out, done.stderr[-2000:])
+            if expected != "ok":
+                assert "out of memory" in out, out
 
 
 def write_slowly(dest: Path, data: bytes, chunks: int, pause: float, out: Path) -> None:

@@ -27,7 +27,7 @@ import os
 
 from PIL import Image
 
-from . import preview
+from . import memcap, preview
 from .errors import RenderError
 from .formats import Source, read_exif
 
@@ -149,7 +149,10 @@ class RawSource(Source):
             # user_flip=0: stored orientation, like the preview; the pipeline turns it once
             rgb = self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
         except rawpy.LibRawError as err:
-            raise RenderError(f"no embedded preview ({why_no_preview}) and the raw data does not decode ({_words(err)})") from None
+            if not isinstance(err, (rawpy.LibRawMemPoolOverflowError, rawpy.LibRawUnsufficientMemoryError)) and not memcap.near_cap():
+                raise RenderError(f"no embedded preview ({why_no_preview}) and the raw data does not decode ({_words(err)})") from None
+            raise RenderError(f"no embedded preview ({why_no_preview}) and out of memory demosaicing "
+                              f"{self._size[0]}×{self._size[1]} (see limits.worker_memory_mb)") from None
         except MemoryError:
             raise RenderError(f"no embedded preview ({why_no_preview}) and out of memory demosaicing "
                               f"{self._size[0]}×{self._size[1]} (see limits.worker_memory_mb)") from None

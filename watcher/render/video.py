@@ -32,7 +32,7 @@ from fractions import Fraction
 
 from PIL import Image, ImageStat
 
-from . import colour
+from . import colour, memcap
 from .errors import RenderError
 from .formats import Source
 
@@ -200,6 +200,9 @@ class VideoSource(Source):
                     best, best_luma = frame, luma
                 next_sample = at + SAMPLE_EVERY
         except av.error.FFmpegError as err:
+            if best is None and (isinstance(err, av.error.MemoryError) or memcap.near_cap()):
+                raise RenderError(f"out of memory decoding {self._stream.codec_context.width}×{self._stream.codec_context.height} "
+                                  f"video frames (see limits.worker_memory_mb)") from None
             if best is None:
                 raise RenderError(f"corrupt or truncated video: no frame decodes ({_words(err)})") from None
             logger.debug("video decode stopped early (%s): poster frame from what decoded", _words(err))
