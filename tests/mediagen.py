@@ -93,6 +93,20 @@ def textured(size: tuple[int, int], colour: tuple[int, int, int], spread: float 
     return Image.merge("RGB", [ImageChops.add(Image.new("L", size, c), noise, 1.0, -128) for c in colour])
 
 
+def mosaic(im: Image.Image, white: int = 4095) -> bytes:
+    """The RGGB mosaic a sensor would record of `im` (linear light taken as its values), as
+    16-bit little-endian samples on 0..white. Needs numpy (rawpy brings it)."""
+    import numpy as np
+
+    rgb = np.asarray(im.convert("RGB"), dtype=np.uint32) * white // 255
+    out = np.empty(rgb.shape[:2], dtype="<u2")
+    out[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    out[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    out[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    out[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return out.tobytes()
+
+
 def preview_jpeg(im: Image.Image, *, orientation: int | None = None, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     kw = {}
@@ -106,21 +120,25 @@ def preview_jpeg(im: Image.Image, *, orientation: int | None = None, quality: in
 
 def dng(path: str | os.PathLike[str], cfa_colour: tuple[int, int, int], *, size: tuple[int, int] = (64, 48),
         orientation: int = 1, preview: bytes | Image.Image | None = None, preview_in_ifd0: bool = False,
-        cut_raw: bool = False) -> Path:
+        cut_raw: bool = False, cfa: bytes | None = None, compressed: bool = False) -> Path:
     """Write a DNG: a size[0] x size[1] CFA of `cfa_colour` (stored orientation), tagged with
     `orientation`, and `preview` (a JPEG's bytes, or an image to encode) in a SubIFD after the
-    raw one, or in IFD0 as some cameras store it. `cut_raw`: the CFA data ends half-way."""
+    raw one, or in IFD0 as some cameras store it. `cut_raw`: the CFA data ends half-way; `cfa`:
+    the mosaic itself (16-bit little-endian RGGB, see mosaic()) instead of a flat colour;
+    `compressed`: the mosaic as lossless JPEG (compression 7), as most cameras store it."""
     width, height = size
     if isinstance(preview, Image.Image):
         preview = preview_jpeg(preview)
     t = _Tiff()
-    raw = cfa_bytes(width, height, cfa_colour)
+    raw = cfa if cfa is not None else cfa_bytes(width, height, cfa_colour)
+    if compressed:
+        raw = lossless_jpeg(raw, width, height)
     raw_at = t.blob(raw[: len(raw) // 2] if cut_raw else raw)
     raw_len = len(raw)
     raw_ifd = {
         0x00FE: (LONG, [0]),  # NewSubFileType: the main image
         0x0100: (LONG, [width]), 0x0101: (LONG, [height]),
-        0x0102: (SHORT, [16]), 0x0103: (SHORT, [1]), 0x0106: (SHORT, [32803]),  # CFA
+        0x0102: (SHORT, [16]), 0x0103: (SHORT, [7 if compressed else 1]), 0x0106: (SHORT, [32803]),  # CFA
         0x0111: (LONG, [raw_at]), 0x0115: (SHORT, [1]), 0x0116: (LONG, [height]), 0x0117: (LONG, [raw_len]),
         0x011C: (SHORT, [1]),
         0x828D: (SHORT, [2, 2]), 0x828E: (BYTE, bytes([0, 1, 1, 2])),  # CFARepeatPatternDim, CFAPattern RGGB
@@ -212,3 +230,66 @@ def audio_only(path: str | os.PathLike[str], seconds: float = 0.5) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+# Lossless JPEG (ITU T.81 process 14), as cameras and Adobe's converter compress a DNG's mosaic:
+# two components interleaved (a CFA row's even and odd columns), predictor 1 (the same colour's
+# sample to the left), one Huffman table written here in canonical form.
+_LJ_ORDER = (7, 8, 6, 9, 5, 10, 4, 3, 2, 1, 0, 11, 12, 13, 14, 15, 16)  # SSSS by expected frequency
+_LJ_LENGTHS = (2, 2, 2) + tuple(range(3, 17))  # Kraft sum 1 - 2**-16: never an all-ones code
+
+
+def _lj_table() -> tuple[bytes, dict[int, tuple[int, int]]]:
+    bits = [0] * 17
+    for n in _LJ_LENGTHS:
+        bits[n] += 1
+    codes, code, prev = {}, 0, _LJ_LENGTHS[0]
+    for symbol, n in zip(_LJ_ORDER, _LJ_LENGTHS):
+        code <<= n - prev
+        prev = n
+        codes[symbol] = (code, n)
+        code += 1
+    dht = bytes([0x00]) + bytes(bits[1:17]) + bytes(_LJ_ORDER)
+    return dht, codes
+
+
+def lossless_jpeg(samples: bytes, width: int, height: int, precision: int = 12) -> bytes:
+    """A mosaic (16-bit little-endian, width x height) as a two-component lossless JPEG."""
+    import numpy as np
+
+    s = np.frombuffer(samples, dtype="<u2").reshape(height, width).astype(np.int32)
+    pred = np.empty_like(s)
+    pred[:, 2:] = s[:, :-2]
+    pred[1:, :2] = s[:-1, :2]
+    pred[0, :2] = 1 << (precision - 1)
+    diff = s - pred
+    mag = np.abs(diff)
+    ssss = np.zeros_like(mag)
+    for k in range(1, 17):
+        ssss[mag >= (1 << (k - 1))] = k
+    extra = np.where(diff >= 0, diff, diff - 1) & ((1 << ssss) - 1)
+    dht, codes = _lj_table()
+    code_of = np.zeros(17, dtype=np.int64)
+    len_of = np.zeros(17, dtype=np.int64)
+    for symbol, (code, n) in codes.items():
+        code_of[symbol], len_of[symbol] = code, n
+    value = (code_of[ssss] << ssss) | extra
+    length = len_of[ssss] + ssss
+    shifts = np.arange(31, -1, -1)
+    chunks = []
+    for row in range(height):  # bits of each sample's code, most significant first, row by row
+        v, n = value[row], length[row]
+        bits = (v[:, None] >> shifts) & 1
+        keep = shifts[None, :] < n[:, None]
+        chunks.append(bits[keep].astype(np.uint8))
+    stream = np.concatenate(chunks)
+    pad = (-len(stream)) % 8
+    stream = np.concatenate([stream, np.ones(pad, dtype=np.uint8)])
+    entropy = np.packbits(stream).tobytes().replace(b"\xff", b"\xff\x00")
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+    sof = struct.pack(">BHHB", precision, height, width // 2, 2) + bytes([1, 0x11, 0, 2, 0x11, 0])
+    sos = bytes([2, 1, 0x00, 2, 0x00, 1, 0, 0])  # two components on table 0, predictor 1, Se 0, Al 0
+    return b"\xff\xd8" + segment(0xC4, dht) + segment(0xC3, sof) + segment(0xDA, sos) + entropy + b"\xff\xd9"

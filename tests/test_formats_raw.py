@@ -141,6 +141,14 @@ def test_a_raw_without_a_preview_is_demosaiced_at_half_size(tmp_path):
     assert thumb.size == (100, 75) and dominant(thumb) == "red", mean(thumb)
 
 
+def test_a_lossless_jpeg_compressed_mosaic_is_demosaiced_too(tmp_path):
+    """Most cameras compress the mosaic (lossless JPEG in DNG, CR2); LibRaw unpacks it."""
+    src = dng(tmp_path / "lj.dng", GREEN, size=(320, 240), compressed=True)
+    assert b"\xff\xc3" in src.read_bytes()  # a lossless JPEG frame header is in the file
+    (thumb,) = run(src, tmp_path / "out")
+    assert dominant(thumb) == "green", mean(thumb)
+
+
 @pytest.mark.parametrize("why, preview", [
     ("too small", textured((64, 48), GREEN)),
     ("another aspect ratio", textured((320, 180), GREEN)),
