@@ -77,8 +77,6 @@ def _unreadable(kind: str | None, err: BaseException) -> str:
     if kind in (None, "text", "HTML", "XML", "JSON") or kind in ("jpeg", "png", "gif", "tiff", "bmp", "webp"):
         looks = f"looks like {kind}" if kind else "unrecognised content"
         return f"not a video ({looks})"
-    if "moov atom not found" in words:
-        return "truncated or incomplete video (no index: moov atom not found)"
     return f"corrupt video ({words})"
 
 
@@ -97,7 +95,7 @@ def _iso_problem(f) -> str | None:
                 size = struct.unpack(">Q", head[8:16])[0]
             elif size == 0:
                 size = end - pos
-            if size < 8 or not name.isalnum() and name not in (b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip"):
+            if size < 8 or not name.isalnum():  # not an ISO box (Matroska, garbage): nothing to say
                 return None
             names.append(name)
             if pos + size > end:
@@ -122,7 +120,8 @@ def _luma(frame) -> float:
 
 
 class VideoSource(Source):
-    """A video opened by FFmpeg: its frame size and turn known, no frame decoded yet."""
+    """A video opened by FFmpeg, its poster frame decoded (in stored orientation), the turn its
+    display matrix or rotate tag asks for known."""
 
     def __init__(self, container, stream, kind: str | None, src: str, max_pixels: int):  # noqa: D107 - no Pillow image until decode
         self._container = container
