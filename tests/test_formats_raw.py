@@ -11,13 +11,13 @@ Orientation is judged by four distinct corner colours against the Exif spec's wo
 
 from __future__ import annotations
 
-import io
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
-from helpers import CORNERS, REPO, corner_colour, near, stored_test_image
+from helpers import CORNERS, REPO, corner_colour, edit_config, library_missing, near, stored_test_image, thumb, wait_for
 from mediagen import dng, preview_jpeg, textured
 from watcher.config import OutputConfig, SizeSpec, parse
 from watcher.paths import PathRules, Target
@@ -231,6 +231,9 @@ def test_the_raw_extensions_are_served_by_rawpy():
         fmt = formats.format_for(f"x{ext.upper()}", "tiff")
         assert fmt.name == "camera RAW" and fmt.decoder() is formats.RAW, ext
     assert "camera RAW by rawpy (LibRaw)" in formats.serving("*.cr2")
+    with library_missing("rawpy"), pytest.raises(formats.UnservedPattern) as err:
+        formats.check_patterns(["*.jpg", "*.CR2"])
+    assert str(err.value) == "'*.CR2': camera RAW needs rawpy (LibRaw): pip install 'thumbwatch[raw]'"
 
 
 @pytest.mark.skipif(not CORPUS_RAW.is_dir(), reason=f"no real camera files: {CORPUS_RAW} is absent")
@@ -244,3 +247,29 @@ def test_real_camera_files_render_upright_from_their_previews(tmp_path):
         upright = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
         assert (thumb.width >= thumb.height) == (upright[0] >= upright[1]), (src, thumb.size, sizes)
         assert ImageStat.Stat(thumb.convert("L")).stddev[0] > 5, src  # a picture, not a flat fill
+
+
+def test_the_daemon_thumbnails_a_raw_and_jpeg_pair_in_its_workers(project, start_daemon, tmp_path):
+    """End to end: IMG_1.CR2 and IMG_1.JPG moved in together get a thumbnail each, each of its
+    own picture; a RAW with nothing decodable fails once with its reason; LibRaw is loaded in a
+    worker, never in the master."""
+    edit_config(project, "  create: true\n", '  create: true\n  patterns: ["*.jpg", "*.cr2", "*.dng"]\n')
+    daemon = start_daemon()
+    daemon.wait_ready()
+    card = tmp_path / "card"
+    card.mkdir()
+    dng(card / "IMG_1.CR2", RED, size=(320, 240), orientation=6, preview=textured((320, 240), GREEN))
+    textured((320, 240), BLUE).save(card / "IMG_1.JPG", quality=90)
+    dng(card / "IMG_2.DNG", RED, size=(320, 240), cut_raw=True)
+    for name in ("IMG_1.CR2", "IMG_1.JPG", "IMG_2.DNG"):
+        os.rename(card / name, project / "photos" / name)
+    raw_thumb, jpeg_thumb = thumb(project, "IMG_1.CR2.jpg"), thumb(project, "IMG_1.JPG")
+    wait_for(lambda: raw_thumb.exists() and jpeg_thumb.exists(), 20, message="both thumbnails")
+    with Image.open(raw_thumb) as a, Image.open(jpeg_thumb) as b:
+        assert a.size == (48, 64) and near(mean(a.convert("RGB")), GREEN, 25)  # turned by the RAW's orientation
+        assert b.size == (64, 48) and near(mean(b.convert("RGB")), BLUE, 25)
+    line = daemon.wait_log(r"failed \S*IMG_2\.DNG")[0]
+    assert "no embedded preview (none in the file) and the raw data does not decode" in line, line
+    assert "Traceback" not in daemon.text()
+    with open(f"/proc/{daemon.proc.pid}/maps") as maps:
+        assert "rawpy" not in maps.read()  # the master never loaded LibRaw

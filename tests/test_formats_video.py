@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
-from helpers import CORNERS, corner_colour, cornered_image, edit_config, near, thumb, wait_for
+from helpers import CORNERS, corner_colour, cornered_image, edit_config, library_missing, near, thumb
 from mediagen import audio_only, clip
 from watcher.config import OutputConfig, SizeSpec
 from watcher.paths import Target
@@ -193,6 +192,9 @@ def test_the_video_extensions_are_served_by_pyav():
     for ext in (".mp4", ".mov", ".m4v", ".3gp", ".mkv", ".webm"):
         fmt = formats.format_for(f"x{ext.upper()}", None)
         assert fmt.name == "video" and fmt.decoder() is formats.VIDEO, ext
+    with library_missing("av"), pytest.raises(formats.UnservedPattern) as err:
+        formats.check_patterns(["*.jpg", "*.mov"])
+    assert str(err.value) == "'*.mov': video needs PyAV (FFmpeg): pip install 'thumbwatch[video]'"
 
 
 CAPPED = """
