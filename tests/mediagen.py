@@ -78,6 +78,18 @@ class _Tiff:
         self.data[4:8] = struct.pack("<I", at)
 
 
+def _jpeg_entries(t: _Tiff, jpeg: bytes) -> dict[int, tuple[int, object]]:
+    """The tags of an IFD holding a JPEG preview (its data written into the file now)."""
+    width, height = Image.open(io.BytesIO(jpeg)).size
+    at = t.blob(jpeg)
+    return {
+        0x00FE: (LONG, [1]), 0x0100: (LONG, [width]), 0x0101: (LONG, [height]),
+        0x0102: (SHORT, [8, 8, 8]), 0x0103: (SHORT, [7]), 0x0106: (SHORT, [6]),
+        0x0111: (LONG, [at]), 0x0115: (SHORT, [3]), 0x0116: (LONG, [height]),
+        0x0117: (LONG, [len(jpeg)]), 0x011C: (SHORT, [1]),
+    }
+
+
 def cfa_bytes(width: int, height: int, rgb: tuple[int, int, int], white: int = 4095) -> bytes:
     """16-bit RGGB mosaic of one flat linear colour (rgb in 0-255, mapped onto 0..white)."""
     r, g, b = (round(c / 255 * white) for c in rgb)
@@ -120,12 +132,15 @@ def preview_jpeg(im: Image.Image, *, orientation: int | None = None, quality: in
 
 def dng(path: str | os.PathLike[str], cfa_colour: tuple[int, int, int], *, size: tuple[int, int] = (64, 48),
         orientation: int = 1, preview: bytes | Image.Image | None = None, preview_in_ifd0: bool = False,
-        cut_raw: bool = False, cfa: bytes | None = None, compressed: bool = False) -> Path:
+        cut_raw: bool = False, cfa: bytes | None = None, compressed: bool = False,
+        small_preview: Image.Image | None = None) -> Path:
     """Write a DNG: a size[0] x size[1] CFA of `cfa_colour` (stored orientation), tagged with
     `orientation`, and `preview` (a JPEG's bytes, or an image to encode) in a SubIFD after the
     raw one, or in IFD0 as some cameras store it. `cut_raw`: the CFA data ends half-way; `cfa`:
     the mosaic itself (16-bit little-endian RGGB, see mosaic()) instead of a flat colour;
-    `compressed`: the mosaic as lossless JPEG (compression 7), as most cameras store it."""
+    `compressed`: the mosaic as lossless JPEG (compression 7), as most cameras store it;
+    `small_preview`: a second, small JPEG in IFD0 beside `preview` in its SubIFD, as Adobe's
+    converter writes a DNG (a 256 px thumbnail and a large preview)."""
     width, height = size
     if isinstance(preview, Image.Image):
         preview = preview_jpeg(preview)
@@ -145,7 +160,10 @@ def dng(path: str | os.PathLike[str], cfa_colour: tuple[int, int, int], *, size:
         0xC61A: (LONG, [0]), 0xC61D: (LONG, [4095]),  # BlackLevel, WhiteLevel
         0xC61F: (LONG, [0, 0]), 0xC620: (LONG, [width, height]),  # DefaultCropOrigin, DefaultCropSize
     }
-    preview_entries = None
+    preview_entries = _jpeg_entries(t, preview_jpeg(small_preview)) if small_preview is not None else None
+    if small_preview is not None:
+        preview_in_ifd0 = False
+    ifd0_entries = preview_entries
     if preview is not None:
         try:
             pw, ph = Image.open(io.BytesIO(preview)).size
@@ -175,6 +193,8 @@ def dng(path: str | os.PathLike[str], cfa_colour: tuple[int, int, int], *, size:
     }
     if preview_entries is not None and preview_in_ifd0:
         ifd0 = {**preview_entries, **ifd0}
+    elif ifd0_entries is not None:
+        ifd0 = {**ifd0_entries, **ifd0}
     else:
         ifd0[0x00FE] = (LONG, [1])
     t.set_ifd0(t.ifd(ifd0))

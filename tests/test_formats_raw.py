@@ -76,6 +76,15 @@ def test_a_preview_in_ifd0_is_found_too(tmp_path):
     assert near(mean(thumb), BLUE, 25), mean(thumb)
 
 
+def test_the_largest_preview_is_the_one_used(tmp_path):
+    """Adobe's converter writes a 256 px thumbnail in IFD0 and the large preview in a SubIFD:
+    the large one is used, even where the small one would cover the box."""
+    src = dng(tmp_path / "two.dng", RED, size=(1024, 768), preview=textured((1024, 768), GREEN),
+              small_preview=textured((256, 192), BLUE))
+    (thumb,) = run(src, tmp_path / "out")
+    assert near(mean(thumb), GREEN, 25), mean(thumb)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_the_raws_orientation_is_applied_once_whatever_the_previews_exif_says(tmp_path, orientation):
     """The preview is stored as the sensor is; the RAW's Orientation tag (LibRaw's flip) turns

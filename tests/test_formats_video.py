@@ -174,6 +174,40 @@ def test_a_truncated_mp4_is_explained(tmp_path):
     assert fails(src, tmp_path).startswith("truncated or incomplete video"), fails(src, tmp_path)
 
 
+def test_a_truncated_faststart_mp4_is_explained(tmp_path):
+    """Index first (faststart, as phones and web uploads write), cut inside its first frame."""
+    with av.open(str(tmp_path / "full.mp4"), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for _ in range(10):
+            for packet in stream.encode(av.VideoFrame.from_image(flat(RED))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = (tmp_path / "full.mp4").read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")
+    src = tmp_path / "cut.mp4"
+    src.write_bytes(data[: data.index(b"mdat") + 20])
+    assert fails(src, tmp_path).startswith("truncated video (its mdat box runs "), fails(src, tmp_path)
+
+
+def test_anamorphic_pixels_are_shown_at_the_display_aspect_ratio(tmp_path):
+    """96x96 stored pixels with a 4:3 sample aspect ratio are a 128x96 picture."""
+    from fractions import Fraction
+
+    with av.open(str(tmp_path / "sar.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_image(flat(RED, (96, 96)))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    (thumb_,) = run(tmp_path / "sar.mp4", tmp_path / "out")
+    assert thumb_.size == (100, 75) and near(mean(thumb_), RED, 25)
+
+
 def test_garbage_named_mov_is_explained(tmp_path):
     src = tmp_path / "x.mov"
     src.write_bytes(bytes(range(256)) * 64)

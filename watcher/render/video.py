@@ -66,7 +66,7 @@ def open(f, kind: str | None, src: str, settings) -> Source:  # noqa: A001 - the
         if not container.streams.video:
             what = "audio only" if container.streams.audio else "no streams FFmpeg can decode"
             raise RenderError(f"no video stream in it ({what})")
-        return VideoSource(container, container.streams.video[0], kind, src, settings.max_pixels)
+        return VideoSource(container, container.streams.video[0], kind, src, settings.max_pixels, f)
     except BaseException:
         container.close()
         raise
@@ -123,9 +123,10 @@ class VideoSource(Source):
     """A video opened by FFmpeg, its poster frame decoded (in stored orientation), the turn its
     display matrix or rotate tag asks for known."""
 
-    def __init__(self, container, stream, kind: str | None, src: str, max_pixels: int):  # noqa: D107 - no Pillow image until decode
+    def __init__(self, container, stream, kind: str | None, src: str, max_pixels: int, f):  # noqa: D107 - no Pillow image until decode
         self._container = container
         self._stream = stream
+        self._f = f
         self.kind = kind
         self.image = None
         self.exif = None  # a video's metadata (place, time) never travels into its thumbnail
@@ -203,10 +204,10 @@ class VideoSource(Source):
                 raise RenderError(f"out of memory decoding {self._stream.codec_context.width}×{self._stream.codec_context.height} "
                                   f"video frames (see limits.worker_memory_mb)") from None
             if best is None:
-                raise RenderError(f"corrupt or truncated video: no frame decodes ({_words(err)})") from None
+                raise RenderError(_iso_problem(self._f) or f"corrupt video: no frame decodes ({_words(err)})") from None
             logger.debug("video decode stopped early (%s): poster frame from what decoded", _words(err))
         if best is None:
-            raise RenderError("no frame in the video decodes (empty or truncated)")
+            raise RenderError(_iso_problem(self._f) or "no frame in the video decodes (an empty video stream)")
         logger.debug("no frame in the first %.0f s is brighter than luma %.0f: the brightest (%.1f) is the poster",
                      POSTER_WITHIN, POSTER_LUMA, best_luma)
         return best
