@@ -130,7 +130,7 @@ class RawSource(Source):
                 why = "letterbox or pillarbox bars"
             return (im, None) if why is None else f"{im.width}x{im.height} bitmap: {why}"
         data = thumb.data
-        frame = preview._frame_size(data[: 64 * 1024])
+        frame = preview._frame_size(data)  # walks the segments to the frame header, copying nothing
         if frame is None:
             return "not a JPEG with a readable header"
         c = preview.Candidate("raw", 0, len(data), *frame)
