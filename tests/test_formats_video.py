@@ -144,6 +144,23 @@ def test_ten_bit_video_is_scaled_to_eight_bits(tmp_path):
     assert near(mean(thumb_), RED, 25), mean(thumb_)
 
 
+def test_a_phone_hdr_clip_hevc_ten_bit_bt2020_turned_in_a_mov(tmp_path):
+    """What an iPhone records upright: HEVC, 10 bit, BT.2020, in a MOV whose display matrix
+    turns the sideways frames (-90 degrees: 270 counter-clockwise)."""
+    stored = cornered_image(W, H, CORNERS)
+    src = clip(tmp_path / "IMG_0001.MOV", [stored] * 3, codec="libx265", fmt="mov", pix_fmt="yuv420p10le",
+               primaries=9, rotation=270, options={"x265-params": "log-level=error"})
+    assert av.open(str(src)).streams.video[0].codec_context.name == "hevc"
+    (thumb_,) = run(src, tmp_path / "out")
+    assert thumb_.size == (75, 100)
+    expected = stored.rotate(270, expand=True)
+    # BT.2020 to sRGB moves each colour away from grey: each corner must still be nearest its own
+    for corner in CORNERS:
+        got = corner_colour(thumb_, corner)
+        nearest = min(CORNERS, key=lambda c: sum((a - b) ** 2 for a, b in zip(got, corner_colour(expected, c))))
+        assert nearest == corner, (corner, got)
+
+
 def test_bt2020_primaries_are_converted_to_srgb(tmp_path):
     """Grey stays grey; a colour in BT.2020's wider gamut comes out more saturated in sRGB."""
     grey, tinted = (128, 128, 128), (150, 90, 80)
