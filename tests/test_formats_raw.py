@@ -278,7 +278,8 @@ def test_the_daemon_thumbnails_a_raw_and_jpeg_pair_in_its_workers(project, start
         assert a.size == (48, 64) and near(mean(a.convert("RGB")), GREEN, 25)  # turned by the RAW's orientation
         assert b.size == (64, 48) and near(mean(b.convert("RGB")), BLUE, 25)
     line = daemon.wait_log(r"failed \S*IMG_2\.DNG")[0]
-    assert "no embedded preview (none in the file) and the raw data does not decode" in line, line
+    assert "no embedded preview (none in the file) and the raw data does not decode (Input/output error: unexpected end of file)" in line, line
+    assert not daemon.matching("Unexpected end of file"), daemon.text()  # LibRaw's own stderr line is in the reason, not beside it
     assert "Traceback" not in daemon.text()
     with open(f"/proc/{daemon.proc.pid}/maps") as maps:
         assert "rawpy" not in maps.read()  # the master never loaded LibRaw

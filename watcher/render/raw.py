@@ -21,9 +21,12 @@ the photo fails with "no embedded preview (why) and the raw data does not decode
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
 
 from PIL import Image
 
@@ -48,23 +51,54 @@ def open(f, kind: str | None, src: str, settings) -> Source:  # noqa: A001 - the
     try:
         # LibRaw opens the file itself (streamed, not read into memory): the descriptor we
         # hold, so it is the very file the pipeline checked and will check again
-        raw = rawpy.imread(f"/proc/self/fd/{f.fileno()}")
+        with _libraw_says() as said:
+            raw = rawpy.imread(f"/proc/self/fd/{f.fileno()}")
     except rawpy.LibRawFileUnsupportedError:
         looks = f"; looks like {kind}" if kind and kind != "tiff" else ""
         raise RenderError(f"not a camera RAW that LibRaw can read (unsupported or corrupt{looks})") from None
     except rawpy.LibRawError as err:
-        raise RenderError(f"unreadable camera RAW ({_words(err)})") from None
+        raise RenderError(f"unreadable camera RAW ({_words(err, said)})") from None
     except MemoryError:
         raise RenderError("out of memory opening the camera RAW (see limits.worker_memory_mb)") from None
     return RawSource(raw, kind, src)
 
 
-def _words(err: BaseException) -> str:
+@contextlib.contextmanager
+def _libraw_says():
+    """LibRaw reports a damaged file by printing "<file>: Unexpected end of file" on stderr (its
+    default data callback, which rawpy does not let us replace): a stray line in the journal
+    beside our one line per photo. While LibRaw reads, stderr goes to a temp file; its words
+    (collected in the list yielded) go into the reason, anything else back to stderr."""
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr to borrow: let LibRaw print where it will
+        yield said
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read(64 * 1024).decode("utf-8", "replace").splitlines():
+                if line.startswith("/proc/self/fd/") and ": " in line:
+                    said.append(line.split(": ", 1)[1].strip().lower())
+                elif line.strip():
+                    print(line, file=sys.stderr)
+
+
+def _words(err: BaseException, said: list[str] | None = None) -> str:
     """LibRaw's message (rawpy passes it as bytes) as text."""
     text = err.args[0] if err.args else ""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return str(text or type(err).__name__)
+    text = str(text or type(err).__name__)
+    extra = [s for s in dict.fromkeys(said or ()) if s.lower() not in text.lower()]
+    return f"{text}: {', '.join(extra)}" if extra else text
 
 
 class RawSource(Source):
@@ -115,13 +149,14 @@ class RawSource(Source):
         import rawpy
 
         try:
-            thumb = self._raw.extract_thumb()
+            with _libraw_says() as said:
+                thumb = self._raw.extract_thumb()
         except rawpy.LibRawNoThumbnailError:
             return "none in the file"
         except rawpy.LibRawUnsupportedThumbnailError:
             return "in a form LibRaw cannot extract"
         except rawpy.LibRawError as err:
-            return f"unreadable: {_words(err)}"
+            return f"unreadable: {_words(err, said)}"
         if thumb.format == rawpy.ThumbFormat.BITMAP:  # a few old bodies store plain RGB
             im = Image.fromarray(thumb.data).convert("RGB")
             c = preview.Candidate("raw bitmap", 0, 0, im.width, im.height)
@@ -147,10 +182,11 @@ class RawSource(Source):
 
         try:
             # user_flip=0: stored orientation, like the preview; the pipeline turns it once
-            rgb = self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
+            with _libraw_says() as said:
+                rgb = self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
         except rawpy.LibRawError as err:
             if not isinstance(err, (rawpy.LibRawMemPoolOverflowError, rawpy.LibRawUnsufficientMemoryError)) and not memcap.near_cap():
-                raise RenderError(f"no embedded preview ({why_no_preview}) and the raw data does not decode ({_words(err)})") from None
+                raise RenderError(f"no embedded preview ({why_no_preview}) and the raw data does not decode ({_words(err, said)})") from None
             raise RenderError(f"no embedded preview ({why_no_preview}) and out of memory demosaicing "
                               f"{self._size[0]}×{self._size[1]} (see limits.worker_memory_mb)") from None
         except MemoryError:
