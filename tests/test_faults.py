@@ -57,7 +57,7 @@ def test_retry_command_clears_records_and_a_running_daemon_tries_again(project, 
     wait_for(lambda: "later.jpg" in cli(project, "failed").stdout, 10, message="failure saved")
     result = cli(project, "retry")
     assert result.returncode == 0 and "cleared 1" in result.stdout, result
-    daemon.wait_log(r"reloaded")
+    daemon.wait_log(r"retry \(control socket")  # asked on the control socket, not by a reload (issue 20)
     daemon.wait_log(r"failed \S*later\.jpg", count=2)
 
 

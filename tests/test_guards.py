@@ -271,7 +271,9 @@ def test_daemon_mode_keeps_its_start_folder_for_reload_and_retry_reaches_it(proj
         wait_for(lambda: "bad.jpg" in cli(project, "failed").stdout, 10, message="failure saved")
         retry = cli(project, "retry")
         assert retry.returncode == 0 and f"(pid {pid})" in retry.stdout, retry
-        wait_for(lambda: log.read_text().count("bad.jpg: ") >= 2, 30, message="retried after the reload")
+        wait_for(lambda: log.read_text().count("bad.jpg: ") >= 2, 30, message="retried")
+        os.kill(pid, signal.SIGHUP)  # retry asks on the control socket now (issue 20): the reload is SIGHUP's
+        wait_for(lambda: "reloaded" in log.read_text(), 30, message="reloaded")
         text = log.read_text()
         assert "reloaded" in text and "reload refused" not in text, text
         make_jpeg(project / "photos" / "after.jpg")

@@ -1,8 +1,12 @@
 """Command line: argparse and exit codes, nothing else. `python -m watcher` is the same program.
 
-Exit codes: 0 fine; 1 runtime trouble (or `scan` with failed photos); 2 usage; 3 `status`: not
-running, or workers could not start; 78 bad config (EX_CONFIG: systemd's
-RestartPreventExitStatus=78 stops a restart loop on a config that can never work).
+The admin commands (`status`, `retry`, `stop`, `pause`, `resume`) ask a running daemon through
+its control socket (control.py) and read or edit the state folder's files when none runs.
+
+Exit codes: 0 fine; 1 runtime trouble (or `scan` with failed photos, or the daemon could not be
+asked); 2 usage; 3 `status`, `pause`, `resume`: not running, or workers could not start; 78 bad
+config (EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a restart loop on a config that
+can never work).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, instance
+from . import __version__, control, instance
 from .config import EX_CONFIG, Config, ConfigError, check_folders, dump, load
 from .logsetup import under_journald
 from .paths import shown
@@ -25,6 +29,7 @@ from .paths import shown
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = os.environ.get("THUMBWATCH_CONFIG", "/etc/thumbwatch/config.yaml")
+START_GRACE = 10.0  # seconds a daemon that holds its lock may take to open its control socket
 
 
 def _error(text: str) -> None:
@@ -69,13 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--confirm-removals", action="store_true",
                       help="remove thumbnails whose photos are gone even when that is most of a folder's (held otherwise)")
     command("failed", cmd_failed, "list the photos that failed, with reasons")
-    retry = command("retry", cmd_retry, "forget failures so those photos are tried again")
+    retry = command("retry", cmd_retry, "forget failures so those photos are tried again (a running daemon tries them at once)")
     retry.add_argument("paths", nargs="*", help="photos or folders (default: every failure)")
     status = command("status", cmd_status, "say whether the daemon runs, with its counters")
     status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    command("pause", cmd_pause, "hold the running daemon's photos: nothing new goes to the workers; events and scans still queue")
+    command("resume", cmd_resume, "let a paused daemon hand photos to its workers again")
     worker = command("worker", cmd_worker, "run a render host: a Celery worker taking photos from the broker (workers.backend: celery)")
     worker.add_argument("--name", help="this render host's name in logs and outcomes (default: the host name)")
-    stop = command("stop", cmd_stop, "stop a running daemon (SIGTERM) and wait for it to exit")
+    stop = command("stop", cmd_stop, "stop a running daemon (its control socket, or SIGTERM) and wait for it to exit")
     stop.add_argument("--pidfile", type=Path, help="pid file given to run --daemon")
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     return parser
@@ -225,35 +232,78 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from .state import FailureStore
 
     config = _load(args)
-    store = FailureStore(config.state.dir)
-    store.load()  # a damaged file is moved aside (and named) before we write a new one
-    if args.paths:
-        cleared = sum(store.clear(os.path.abspath(p)) for p in args.paths)
-    else:
-        cleared = store.clear()
-    store.save(force=True)
+    paths = [os.path.abspath(p) for p in args.paths]
     if config.workers.backend == "celery":
         from .backends.celery.backend import forget
 
-        forget(config, [os.path.abspath(p) for p in args.paths] or None)  # their dedupe keys too
+        forget(config, paths or None)  # their dedupe keys too, before the photos are queued again
     pid = instance.running_pid(config.state.dir)
     if pid is not None:
-        os.kill(pid, signal.SIGHUP)  # the daemon re-reads the records and rescans
+        try:
+            reply = _ask(config, pid, "retry", paths=paths)
+        except control.ControlError as err:
+            if err.answered:
+                _error(f"the running daemon (pid {pid}) refused: {err}")
+                return 1
+            print(f"thumbwatch: {err}; clearing the file and signalling the daemon instead", file=sys.stderr)
+        except PermissionError:
+            return _not_allowed(config, pid)
+        else:
+            print(f"cleared {reply['cleared']} failure record(s) in the running daemon (pid {pid}); "
+                  f"{reply['queued']} photo(s) queued to be tried now")
+            return 0
+    store = FailureStore(config.state.dir)
+    store.load()  # a damaged file is moved aside (and named) before we write a new one
+    if paths:
+        cleared = sum(store.clear(p) for p in paths)
+    else:
+        cleared = store.clear()
+    store.save(force=True)
+    pid = instance.running_pid(config.state.dir)
+    if pid is not None:  # a daemon without its socket: a reload re-reads the records (records it has not saved yet stay)
+        os.kill(pid, signal.SIGHUP)
         print(f"cleared {cleared} failure record(s); told the running daemon (pid {pid}) to retry them")
     else:
         print(f"cleared {cleared} failure record(s); they are retried at the next start or scan")
     return 0
 
 
+def _ask(config: Config, pid: int, command: str, **args) -> dict:
+    """The running daemon's reply on its control socket. A daemon still starting gets a few
+    seconds to open it. ControlError or PermissionError when it cannot be asked."""
+    deadline = time.monotonic() + START_GRACE
+    while True:
+        try:
+            return control.request(config.state.dir, command, **args)
+        except control.ControlError as err:
+            if err.answered or time.monotonic() >= deadline or instance.running_pid(config.state.dir) != pid:
+                raise
+        time.sleep(0.1)
+
+
+def _not_allowed(config: Config, pid: int) -> int:
+    path = control.socket_path(config.state.dir)
+    _error(f"not allowed to use the control socket {path} of the running daemon (pid {pid}): "
+           f"root and the members of the service's group may (`ls -lL {path}` shows it)")
+    return 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .state import read_status
 
     config = _load(args)
-    status = read_status(config.state.dir)  # checked: a damaged file reads as none
     pid = instance.running_pid(config.state.dir)
     running = pid is not None
-    if running and (status is None or status["pid"] != pid or status["state"] != "running"):
-        status = None  # the file is an earlier run's: the one running has not written its own yet
+    status = None
+    if running:
+        try:
+            status = control.request(config.state.dir, "status", timeout=10)["status"]  # live, from the loop
+        except (OSError, control.ControlError) as err:
+            print(f"thumbwatch: the control socket does not answer ({err}); showing the status file", file=sys.stderr)
+    if status is None:
+        status = read_status(config.state.dir)  # checked: a damaged file reads as none
+        if running and (status is None or status["pid"] != pid or status["state"] not in ("running", "paused")):
+            status = None  # the file is an earlier run's: the one running has not written its own yet
     if args.json:
         print(json.dumps({**(status or {}), "running": running}, indent=1))
         return 0 if running else 3
@@ -263,8 +313,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status is None:
         print(f"thumbwatch running, pid {pid} (starting: no status yet)")
         return 0
+    paused = status["state"] == "paused"
     print(
-        f"thumbwatch {status['version']} running, pid {status['pid']}, up {status['uptime']:.0f} s\n"
+        f"thumbwatch {status['version']} {'PAUSED' if paused else 'running'}, pid {status['pid']}, up {status['uptime']:.0f} s\n"
         f"  folders:  {', '.join(status['folders'])}\n"
         f"  workers:  {len(status['workers'])} ({', '.join(map(str, status['workers']))})\n"
         f"  done {status['done']}, failed {status['failed']}, skipped {status['skipped']}, retried {status['retried']}\n"
@@ -274,6 +325,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         + "".join(f"\n  UNAVAILABLE: {root}: {why}" for root, why in sorted((status.get("unavailable_folders") or {}).items()))
         + "".join(f"\n  REMOVALS HELD: {n} thumbnail(s) under {root} (`thumbwatch scan --confirm-removals`)"
                   for root, n in sorted((status.get("removals_held") or {}).items()))
+        + ("\n  paused: photos queue up but none goes to the workers (`thumbwatch resume`)" if paused else "")
         + _render_hosts(status)
     )
     return 0
@@ -298,10 +350,40 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if pid is None:
         print("thumbwatch is not running")
         return 0
-    if not instance.stop(pid, args.timeout, lambda: instance.running_pid(config.state.dir)):
+    still_held = lambda: instance.running_pid(config.state.dir)  # noqa: E731
+    try:
+        control.request(config.state.dir, "stop", timeout=10)
+        stopped = instance.wait_gone(pid, args.timeout, still_held)
+    except (OSError, control.ControlError):  # no socket (or not ours to use): the signal, as before
+        stopped = instance.stop(pid, args.timeout, still_held)
+    if not stopped:
         print(f"thumbwatch (pid {pid}) did not stop within {args.timeout:g} s", file=sys.stderr)
         return 1
     print(f"stopped thumbwatch (pid {pid})")
     return 0
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _pause(args, "pause")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _pause(args, "resume")
+
+
+def _pause(args: argparse.Namespace, command: str) -> int:
+    config = _load(args)
+    pid = instance.running_pid(config.state.dir)
+    if pid is None:
+        print("thumbwatch is not running")
+        return 3
+    try:
+        reply = _ask(config, pid, command)
+    except PermissionError:
+        return _not_allowed(config, pid)
+    except control.ControlError as err:
+        _error(f"cannot ask the running daemon (pid {pid}): {err}")
+        return 1
+    now = "paused: photos queue up, none goes to the workers" if reply["paused"] else "running: photos go to the workers"
+    print(f"thumbwatch (pid {pid}) {'is now' if reply['changed'] else 'was already'} {now}")
+    return 0

@@ -108,6 +108,12 @@ def stop(pid: int, timeout: float, still_held: Callable[[], int | None]) -> bool
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return True
+    return wait_gone(pid, timeout, still_held)
+
+
+def wait_gone(pid: int, timeout: float, still_held: Callable[[], int | None]) -> bool:
+    """Wait until `pid` has exited and `still_held()` says its lock is gone too (after a stop
+    asked for on the control socket, or SIGTERM). False when still running after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if still_held() != pid and not alive(pid):

@@ -24,6 +24,7 @@ from . import __version__, config as config_mod, logsetup
 from .admission import Admission
 from .backends import make_executor
 from .config import EX_CONFIG, Config, ConfigError
+from .control import Control
 from .events import Notice
 from .executor import Executor, ExecutorBroken
 from .paths import PathRules, shown
@@ -72,6 +73,7 @@ class Service:
         self.status = Status(config, self.rules, stats=self.stats, admission=self.admission, executor=self.executor,
                              watching=self.watching, failures=self.failures, notifier=self.notifier, clock=clock,
                              roots=self.roots)
+        self.control = Control(self)  # the admins' socket: commands answered in step(), pause (control.py)
         self._last_periodic = 0.0
         self._last_watchdog = 0.0
         self._last_rescan = clock()
@@ -130,6 +132,7 @@ class Service:
         self.scanner.start()
         if not self.one_shot:
             self.watching.start()
+        self.control.open()  # a thread: after the executor forked its workers; before "ready"
         self.status.write("running", force=True)  # first: whoever reads "ready" can ask for the status
         logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), summary(self.executor),
                     " (one-shot scan)" if self.one_shot else "")
@@ -172,7 +175,9 @@ class Service:
         if now - self._last_periodic >= PERIODIC:
             self._last_periodic = now
             self._periodic(now)
-        self._dispatch()
+        self.control.serve()
+        if not self.control.paused:  # `thumbwatch pause` holds dispatch; the queue still fills
+            self._dispatch()
 
     def _dispatch(self) -> None:
         while self.executor.capacity() > 0:
@@ -309,7 +314,7 @@ class Service:
                 self.rescan("rescan", self.rules.roots)
         self.status.progress(now)
         if self.status.due(now):
-            self.status.write("running")
+            self.status.write(self.control.state())
             self._save_failures()
         interval_wd = self.notifier.watchdog_interval()
         if interval_wd and now - self._last_watchdog >= interval_wd:
@@ -366,7 +371,7 @@ class Service:
             logger.warning("these changes take effect at the next restart: %s", "; ".join(restart_needed))
         logger.info("reloaded %s: %s", new.source, "; ".join(changes) if changes else "nothing changed")
         self.rescan("reload rescan", self.rules.roots)
-        self.status.write("running", force=True)
+        self.status.write(self.control.state(), force=True)
         self.notifier.ready(self.status.line())
 
     def _reload_failures(self) -> None:
@@ -387,6 +392,7 @@ class Service:
         waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
         logger.info("draining: %d photo(s) in hand with %s, %d queued (found again by the next start's catch-up)",
                     in_hand, summary(self.executor), waiting)
+        self.control.close()  # no more commands; a request waiting is told "stopping"
         self.executor.drain()  # first: from now on nothing starts that wasn't already started
         self.notifier.stopping(f"draining: {in_hand} in flight")
         self.watching.stop()

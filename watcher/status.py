@@ -135,7 +135,7 @@ class Status:
             write_json_atomic(self.config.state.dir / STATUS, self.snapshot(state))
         except OSError as err:
             logger.warning("cannot write status file: %s", err)
-        line = self.line()
+        line = ("paused, " if state == "paused" else "") + self.line()  # `thumbwatch pause` (control.py)
         if force or line != self._text:
             self._text = line
             self.notifier.status(line)
