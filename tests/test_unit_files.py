@@ -87,6 +87,8 @@ def test_the_plain_and_the_template_unit_keep_their_state_apart():
     plain, template = (parse(name)["Service"]["StateDirectory"] for name in UNITS)
     assert plain == "thumbwatch" and template == "thumbwatch-%i", "nested state folders collide (status=238, issue 13)"
     assert parse(UNITS[1])["Service"]["LogsDirectory"] == "thumbwatch-%i"
+    # the control socket's folder too (watcher/control.py: $RUNTIME_DIRECTORY/control.sock)
+    assert [parse(name)["Service"]["RuntimeDirectory"] for name in UNITS] == ["thumbwatch", "thumbwatch-%i"]
 
 
 def test_the_metrics_drop_in_adds_tcp_to_what_the_units_allow():

@@ -1,8 +1,9 @@
 """thumbwatch installed the README's way, under a real systemd 252 (Debian 12 in systemd-nspawn).
 
 `make test-systemd` only (THUMBWATCH_SYSTEMD=1). One machine for the module: it is booted, the
-README's "Installing" steps run in it verbatim from a copy of the working tree, and each test
-then checks what a person would, in order. The machine is always torn down.
+README's "Installing" steps run in it verbatim, by an admin with sudo in their own clone (a copy
+of the working tree), and each test then checks what a person would, in order. The machine is
+always torn down.
 """
 
 from __future__ import annotations
@@ -25,16 +26,23 @@ pytestmark = pytest.mark.timeout(300)
 
 CONFIG = "/etc/thumbwatch/config.yaml"
 PHOTOS = "/srv/photos"
-SOURCE = "/root/thumbwatch"  # where the "clone" is in the machine
+ADMIN = "admin"  # the admin of the README: a login with sudo
+SOURCE = f"/home/{ADMIN}/thumbwatch"  # their clone, in the machine
 
 
-def install_steps(heading: str = "### Installing") -> list[str]:
-    """The commands of the README's first ```sh block under `heading`, as written."""
+def install_steps(heading: str = "### Installing", block: int = 0) -> list[str]:
+    """The commands of the README's `block`-th ```sh block under `heading`, as written."""
     text = (REPO / "README.md").read_text()
     section = text[text.index(heading):]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, f"README: no ```sh block under {heading}"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) > block, f"README: no ```sh block #{block} under {heading}"
+    return [line for line in blocks[block].splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def as_admin(box: Machine, steps: list[str], timeout: float = 180) -> None:
+    """Each step as the admin types it: from their clone, sudo where the README says so."""
+    for step in steps:
+        box.run(f"export HOME=/home/{ADMIN}; {step}", user=ADMIN, cwd=SOURCE, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +61,17 @@ def machine(tmp_path_factory):
     with box:
         started = time.monotonic()
         box.unpack(wheels)
-        copy_working_tree(box.path(SOURCE))
         make_fixtures(box.path("/opt/fixtures"))
         box.boot()
         print(f"\nbooted in {time.monotonic() - started:.1f} s")
-        # The people of the README: alice drops photos, bob is anyone else (a web server, say).
-        box.run("useradd --create-home alice && useradd --create-home bob")
-        for step in install_steps():
-            box.run(step, cwd=SOURCE, timeout=180)
+        # The people of the README: the admin installs, alice drops photos, carol may control the
+        # service (the thumbwatch group, added below), bob is anyone else (a web server, say).
+        box.run(f"useradd --create-home alice && useradd --create-home bob && useradd --create-home carol"
+                f" && useradd --create-home {ADMIN} && echo '{ADMIN} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{ADMIN}")
+        copy_working_tree(box.path(SOURCE))
+        box.run(f"chown -R {ADMIN}: {SOURCE}")
+        as_admin(box, install_steps("### Installing", 0) + install_steps("### Installing", 1))
+        box.run("usermod -a -G thumbwatch carol")
         print(f"installed by the README's steps in {time.monotonic() - started:.1f} s")
         yield box
 
@@ -129,6 +140,16 @@ def wait_active(box: Machine, unit: str = "thumbwatch", timeout: float = 60) -> 
 
 # -- the checks, in the order a person would make them ------------------------------------------
 
+def test_the_install_leaves_the_admins_clone_theirs_and_the_documentation_in_place(machine):
+    roots = machine.run(f"find {SOURCE} -user root").stdout.split()
+    assert not roots, f"root-owned files left in the admin's clone: {roots}"
+    assert machine.run(f"ls {SOURCE}/dist").stdout.split()[0].startswith("thumbwatch-")
+    for unit in ("thumbwatch", "thumbwatch@x"):
+        documentation = show(machine, unit, "Documentation")["Documentation"]
+        assert documentation == "file:///usr/share/doc/thumbwatch/README.md", documentation
+    assert machine.path("/usr/share/doc/thumbwatch/README.md").read_text() == (REPO / "README.md").read_text()
+
+
 def test_started_by_the_readme_active_with_a_status_line(machine):
     props = wait_active(machine)
     assert show(machine, "thumbwatch", "UnitFileState")["UnitFileState"] == "enabled"
@@ -150,6 +171,8 @@ def test_photos_dropped_by_the_photo_group_become_thumbnails_anyone_can_read(mac
         assert int(size) == machine.path(f"{PHOTOS}/thumbs/{name}").stat().st_size
         listing = machine.run(f"stat -c '%A %U %G' {PHOTOS}/thumbs/{name}").stdout.split()
         assert listing == ["-rw-r--r--", "thumbwatch", "photos"], listing
+    # README: "Thumbnails are 0644 in 2755 folders" (setgid, inherited from the photo folder)
+    assert machine.run(f"stat -c '%a %U %G' {PHOTOS}/thumbs").stdout.split() == ["2755", "thumbwatch", "photos"]
     for thumb in thumbs:
         assert_upright(thumb)
     ok_lines = [line for line in journal(machine, "thumbwatch") if line.startswith(("ok ", "INFO ok")) or " ok " in line]
@@ -168,10 +191,37 @@ def test_a_corrupt_photo_is_the_only_warning(machine):
 
 
 def test_retry_from_the_admins_shell_reaches_the_running_service(machine):
-    out = machine.run(f"thumbwatch retry -c {CONFIG}").stdout
-    assert "cleared 1 failure record(s); told the running daemon" in out, out
+    pid = show(machine, "thumbwatch", "MainPID")["MainPID"]
+    out = machine.run(f"sudo thumbwatch retry -c {CONFIG}", user=ADMIN).stdout
+    assert f"cleared 1 failure record(s) in the running daemon (pid {pid}); 1 photo(s) queued" in out, out
     wait_for(lambda: sum("broken.jpg" in line for line in journal(machine, "thumbwatch", "warning")) == 2, timeout=30, interval=0.3,
              message="broken.jpg tried again")
+    assert any("retry (control socket, uid 0" in line for line in journal(machine, "thumbwatch")), "not through the socket"
+
+
+def test_the_control_socket_is_for_root_and_the_thumbwatch_group(machine):
+    pid = show(machine, "thumbwatch", "MainPID")["MainPID"]
+    listing = machine.run("stat -c '%a %U %G %F' /run/thumbwatch/control.sock").stdout.split(maxsplit=3)
+    assert listing == ["660", "thumbwatch", "thumbwatch", "socket"], listing
+    assert machine.run("readlink /var/lib/thumbwatch/control.sock").stdout.strip() == "/run/thumbwatch/control.sock"
+    admin = machine.run(f"sudo thumbwatch status --json -c {CONFIG}", user=ADMIN)
+    assert json.loads(admin.stdout)["pid"] == int(pid) and "status file" not in admin.stderr, admin
+    # carol, in the thumbwatch group, without sudo
+    assert "is now paused" in machine.run(f"thumbwatch pause -c {CONFIG}", user="carol").stdout
+    wait_for(lambda: show(machine, "thumbwatch", "StatusText")["StatusText"].startswith("paused, "), timeout=15, interval=0.3,
+             message="STATUS= says paused")
+    assert "PAUSED" in machine.run(f"thumbwatch status -c {CONFIG}", user="carol").stdout
+    # alice drops photos, bob is anyone: neither may steer the service; both still see the status file
+    for user in ("alice", "bob"):
+        refused = machine.run(f"thumbwatch resume -c {CONFIG}", user=user, check=False)
+        assert refused.returncode == 1 and "not allowed to use the control socket" in refused.stderr, (user, refused)
+        seen = machine.run(f"thumbwatch status -c {CONFIG}", user=user)
+        assert "showing the status file" in seen.stderr and f"pid {pid}" in seen.stdout, (user, seen)
+    assert "is now running" in machine.run(f"thumbwatch resume -c {CONFIG}", user="carol").stdout
+    wait_for(lambda: show(machine, "thumbwatch", "StatusText")["StatusText"].startswith("watching"), timeout=15, interval=0.3,
+             message="STATUS= without paused")
+    lines = journal(machine, "thumbwatch")
+    assert any("paused (control socket" in line for line in lines) and any("resumed (control socket" in line for line in lines)
 
 
 def test_reload_with_a_new_worker_count(machine):
@@ -243,22 +293,19 @@ def test_kill_of_the_whole_service_is_restarted(machine):
 
 
 def test_a_second_instance_beside_the_plain_unit(machine):
-    # The README's instance steps, with NAME = second and its own photo folder.
-    machine.run("mkdir -p /srv/more && chown root:photos /srv/more && chmod 2775 /srv/more")
-    machine.run(f"sed 's|^  dir: /var/lib/thumbwatch$|  dir: /var/lib/thumbwatch-second|' config/system.yaml"
-                " | sed 's|^  paths: \\[/srv/photos\\]$|  paths: [/srv/more]|' > /etc/thumbwatch/second.yaml", cwd=SOURCE)
-    drop_in = machine.path("/etc/systemd/system/thumbwatch@second.service.d/paths.conf")
-    drop_in.parent.mkdir(parents=True)
-    drop_in.write_text("[Service]\nReadWritePaths=/srv/more\n")
-    machine.run("systemctl daemon-reload && systemctl enable --now thumbwatch@second")
-    wait_active(machine, "thumbwatch@second")
+    # The README's instance steps, verbatim: NAME archive, its own folder /srv/archive.
+    as_admin(machine, install_steps("#### More configs on one machine"))
+    wait_active(machine, "thumbwatch@archive")
     wait_active(machine, "thumbwatch")
-    drop(machine, "plain.jpg", "/srv/more")
-    wait_for(lambda: machine.path("/srv/more/thumbs/plain.jpg").exists(), timeout=30, interval=0.2, message="the instance's thumbnail")
-    assert_upright(machine.path("/srv/more/thumbs/plain.jpg"))
-    second = status(machine, "/etc/thumbwatch/second.yaml")
-    assert second and second["folders"] == ["/srv/more"], second
+    assert machine.run("stat -c '%a %U %G' /srv/archive").stdout.split() == ["2775", "root", "photos"]
+    assert show(machine, "thumbwatch@archive", "ReadWritePaths")["ReadWritePaths"] == "/srv/archive", "may write the plain unit's folder"
+    drop(machine, "plain.jpg", "/srv/archive")
+    wait_for(lambda: machine.path("/srv/archive/thumbs/plain.jpg").exists(), timeout=30, interval=0.2, message="the instance's thumbnail")
+    assert_upright(machine.path("/srv/archive/thumbs/plain.jpg"))
+    second = status(machine, "/etc/thumbwatch/archive.yaml")
+    assert second and second["folders"] == ["/srv/archive"], second
     assert status(machine)["pid"] != second["pid"]
+    assert machine.run("readlink /var/lib/thumbwatch-archive/control.sock").stdout.strip() == "/run/thumbwatch-archive/control.sock"
 
 
 def failed_start(machine: Machine, name: str, yaml_text: str) -> tuple[dict[str, str], list[str]]:
@@ -286,7 +333,9 @@ def test_freedesktop_is_refused_by_the_system_unit(machine):
 def test_metrics_name_the_unit_setting_then_work_with_the_drop_in(machine):
     name = "metrics"
     # The README: metrics need the extra, and a photo folder of its own (plus ReadWritePaths=).
-    machine.run("/opt/thumbwatch/bin/pip install --quiet '.[metrics]'", cwd=SOURCE, timeout=120)
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"\(`(sudo\s+/opt/thumbwatch/bin/pip install '[^`]+')`\)", readme).group(1)
+    as_admin(machine, [" ".join(command.split())], timeout=120)
     machine.run("mkdir -p /srv/m && chown root:photos /srv/m && chmod 2775 /srv/m")
     paths = machine.path(f"/etc/systemd/system/thumbwatch@{name}.service.d/paths.conf")
     paths.parent.mkdir(parents=True)
