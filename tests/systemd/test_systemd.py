@@ -201,7 +201,7 @@ def test_retry_from_the_admins_shell_reaches_the_running_service(machine):
 
 def test_the_control_socket_is_for_root_and_the_thumbwatch_group(machine):
     pid = show(machine, "thumbwatch", "MainPID")["MainPID"]
-    listing = machine.run("stat -c '%a %U %G %F' /run/thumbwatch/control.sock").stdout.split(maxsplit=3)
+    listing = machine.run("stat -c '%a %U %G %F' /run/thumbwatch/control.sock").stdout.strip().split(maxsplit=3)
     assert listing == ["660", "thumbwatch", "thumbwatch", "socket"], listing
     assert machine.run("readlink /var/lib/thumbwatch/control.sock").stdout.strip() == "/run/thumbwatch/control.sock"
     admin = machine.run(f"sudo thumbwatch status --json -c {CONFIG}", user=ADMIN)
@@ -290,6 +290,9 @@ def test_kill_of_the_whole_service_is_restarted(machine):
     after = wait_for(lambda: (p := show(machine, "thumbwatch", "ActiveState", "MainPID", "NRestarts"))["ActiveState"] == "active"
                      and p["MainPID"] not in ("0", before["MainPID"]) and p, timeout=60, interval=0.3, message="restarted")
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
+    # the restarted daemon answers on its control socket (a socket left by the kill is replaced)
+    answered = machine.run(f"thumbwatch status --json -c {CONFIG}")
+    assert json.loads(answered.stdout)["pid"] == int(after["MainPID"]) and "status file" not in answered.stderr, answered
 
 
 def test_a_second_instance_beside_the_plain_unit(machine):
