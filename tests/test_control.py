@@ -325,3 +325,38 @@ def test_daemon_mode_opens_its_socket_after_detaching(in_project, capsys):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# ---- the server alone, in-process ---------------------------------------------------------------
+
+
+def test_a_state_folder_past_sun_paths_107_bytes_and_requests_that_are_not_ours(tmp_path):
+    state = tmp_path / ("x" * 60) / ("y" * 60)
+    state.mkdir(parents=True)
+    assert len(str(state / control.SOCKET)) > 107
+    server = control.Server(state, wake=lambda: None)
+    server.open()
+    try:
+        replies: list[dict] = []
+        asking = threading.Thread(target=lambda: replies.append(control.request(state, "pause")))
+        asking.start()
+        pending = wait_for(server.take, 10, message="the request handed to the loop")
+        assert [p.request for p in pending] == [{"command": "pause"}] and pending[0].peer.startswith(f"uid {os.getuid()}, pid ")
+        pending[0].answer({"ok": True, "paused": True, "changed": True})
+        asking.join(10)
+        assert replies == [{"ok": True, "paused": True, "changed": True}]
+        folder = os.open(state, os.O_PATH)
+        try:
+            for raw, error in [(b"hello\n", "one JSON object"), (b'{"command": "reboot"}\n', "one of status, retry"),
+                               (b'{"command": "retry", "paths": ["relative.jpg"]}\n', "absolute paths")]:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw_client:
+                    raw_client.connect(f"/proc/self/fd/{folder}/{control.SOCKET}")
+                    raw_client.sendall(raw)
+                    reply = json.loads(raw_client.makefile().readline())
+                assert reply["ok"] is False and error in reply["error"], (raw, reply)
+        finally:
+            os.close(folder)
+        assert server.take() == [], "a request that is not ours reached the loop"
+    finally:
+        server.close()
+    assert not (state / control.SOCKET).exists()
