@@ -94,8 +94,9 @@ def test_retry_renders_a_photo_fixed_behind_the_daemons_back(in_project, start_d
     daemon.wait_log(r"failed \S*fixed\.jpg: ")
     st = bad.stat()
     os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
+    seen = len(daemon.matching(r"notice: \S+ \S*fixed\.jpg"))
     os.rename(good, bad)
-    daemon.wait_log(r"notice: \S+ \S*fixed\.jpg")
+    daemon.wait_log(r"notice: \S+ \S*fixed\.jpg", count=seen + 1)
     wait_for(lambda: (s := live(in_project)) and s["settling"] == s["queue"] == s["in_flight"] == 0, 10, message="the event handled")
     assert not thumb(in_project, "fixed.jpg").exists(), "the photo on record as failed was rendered without a retry"
     code, out, _err = admin(in_project, capsys, "retry", str(bad))
@@ -309,8 +310,9 @@ def test_daemon_mode_opens_its_socket_after_detaching(in_project, capsys):
     started = subprocess.run([sys.executable, "-m", "watcher", "run", "--daemon", "--pidfile", "d.pid", "-c", "config.yaml"],
                              cwd=in_project, capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started
-    pid = int((in_project / "d.pid").read_text())
+    pidfile = in_project / "d.pid"
     try:
+        pid = int(wait_for(lambda: pidfile.read_text().strip(), 20, message="the detached daemon's pid"))  # written after the double fork
         log = in_project / "d.log"
         wait_for(lambda: log.exists() and "failed" in log.read_text(), 30, message="the first failure")
         assert live(in_project)["pid"] == pid
@@ -322,9 +324,9 @@ def test_daemon_mode_opens_its_socket_after_detaching(in_project, capsys):
         assert "stop asked for" in log.read_text()
     finally:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # stopped, as it should have
 
 
 # ---- the server alone, in-process ---------------------------------------------------------------

@@ -380,6 +380,11 @@ def test_the_user_unit_fills_the_desktop_users_thumbnail_cache(machine):
     assert found[0].stat().st_mode & 0o777 == 0o600, oct(found[0].stat().st_mode)
     listing = machine.run(f"XDG_RUNTIME_DIR=/run/user/{uid} systemctl --user show thumbwatch -p ActiveState -p StatusText", user="alice").stdout
     assert "ActiveState=active" in listing and "StatusText=" in listing, listing
+    # her own control socket, in her state folder (the user unit has no RuntimeDirectory=)
+    sock = machine.run("stat -c '%a %U %F' /home/alice/.local/state/thumbwatch/control.sock").stdout.strip().split(maxsplit=2)
+    assert sock == ["660", "alice", "socket"], sock
+    asked = machine.run("export HOME=/home/alice; thumbwatch status --json -c ~/.config/thumbwatch/config.yaml", user="alice")
+    assert json.loads(asked.stdout)["folders"] == ["/home/alice/Pictures"] and "status file" not in asked.stderr, asked
 
 
 def test_everything_still_fine_at_the_end(machine):
