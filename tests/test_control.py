@@ -280,6 +280,8 @@ def test_pause_holds_dispatch_and_resume_lets_it_go(in_project, start_daemon, ca
              message="the status file says paused too")
     code, out, _err = admin(in_project, capsys, "pause")
     assert code == 0 and "was already paused" in out, out
+    code, out, _err = admin(in_project, capsys, "retry")
+    assert code == 0 and "tried at `thumbwatch resume` (the daemon is paused)" in out, out
     code, out, _err = admin(in_project, capsys, "resume")
     assert code == 0 and "is now running" in out, out
     for name, colour in colours.items():

@@ -249,8 +249,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
         except PermissionError:
             return _not_allowed(config, pid)
         else:
+            when = "at `thumbwatch resume` (the daemon is paused)" if reply.get("paused") else "now"
             print(f"cleared {reply['cleared']} failure record(s) in the running daemon (pid {pid}); "
-                  f"{reply['queued']} photo(s) queued to be tried now")
+                  f"{reply['queued']} photo(s) queued to be tried {when}")
             return 0
     store = FailureStore(config.state.dir)
     store.load()  # a damaged file is moved aside (and named) before we write a new one

@@ -9,7 +9,7 @@ service's group may use it, nobody else (connect(2) needs write permission on th
 Protocol: one request per connection, one JSON object on one line; one JSON line back.
 
   {"command": "status"}                          -> {"ok": true, "status": {... as status.json}}
-  {"command": "retry", "paths": ["/srv/a.jpg"]}  -> {"ok": true, "cleared": 1, "queued": 1}
+  {"command": "retry", "paths": ["/srv/a.jpg"]}  -> {"ok": true, "cleared": 1, "queued": 1, "paused": false}
                                                     (no "paths", or an empty list: every failure)
   {"command": "pause"}, {"command": "resume"}    -> {"ok": true, "paused": true, "changed": true}
   {"command": "stop"}                            -> {"ok": true, "pid": 1234}
@@ -371,7 +371,7 @@ class Control:
             case "retry":
                 cleared, queued = self.retry(request.get("paths") or [])
                 logger.info("retry%s: cleared %d failure record(s), %d photo(s) queued", by, cleared, queued)
-                return {"ok": True, "cleared": cleared, "queued": queued}
+                return {"ok": True, "cleared": cleared, "queued": queued, "paused": self.paused}
             case "pause" | "resume":
                 paused = command == "pause"
                 changed = paused != self.paused

@@ -6,7 +6,8 @@ inherited across the double fork. A pidfile nobody holds a lock on is stale (the
 killed) and is simply taken over; a reused pid cannot fool the check.
 
 Order matters: detach() must be entered before log files, inotify handles, threads or worker
-processes exist, since DaemonContext closes every descriptor it is not told to keep.
+processes exist, since DaemonContext closes every descriptor it is not told to keep. The control
+socket (control.py) is opened by the service after detaching, so it needs no files_preserve.
 """
 
 from __future__ import annotations
