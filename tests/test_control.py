@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from helpers import edit_config, make_flat_jpeg, mean_colour, thumb, wait_for
-from watcher import cli, control
+from watcher import cli, control, instance
 
 CORRUPT = b"\xff\xd8\xff\xe0 not a whole jpeg at all"
 
@@ -325,10 +325,17 @@ def test_daemon_mode_opens_its_socket_after_detaching(in_project, capsys):
         assert code == 0 and f"pid {pid}" in out, out
         assert "stop asked for" in log.read_text()
     finally:
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass  # stopped, as it should have
+        stop_detached(pidfile, in_project / "state")
+
+
+def stop_detached(pidfile: Path, state: Path) -> None:
+    """Whatever went wrong above, no daemon outlives the test: SIGTERM, then SIGKILL."""
+    if instance.running_pid(state) is None:
+        return  # stopped, as it should have
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, message="the detached daemon's pid"))
+    os.kill(pid, signal.SIGTERM)
+    if not instance.wait_gone(pid, 30, lambda: instance.running_pid(state)):
+        os.kill(pid, signal.SIGKILL)
 
 
 # ---- the server alone, in-process ---------------------------------------------------------------
