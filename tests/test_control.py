@@ -316,7 +316,7 @@ def test_daemon_mode_opens_its_socket_after_detaching(in_project, capsys):
     try:
         pid = int(wait_for(lambda: pidfile.read_text().strip(), 20, message="the detached daemon's pid"))  # written after the double fork
         log = in_project / "d.log"
-        wait_for(lambda: log.exists() and "failed" in log.read_text(), 30, message="the first failure")
+        wait_for(lambda: log.exists() and "bad.jpg: " in log.read_text(), 30, message="the first failure")
         assert live(in_project)["pid"] == pid
         code, out, _err = admin(in_project, capsys, "retry")
         assert code == 0 and f"(pid {pid})" in out and "cleared 1 " in out, out
