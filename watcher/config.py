@@ -72,6 +72,7 @@ class WatchConfig:
     create: bool = False
     follow_symlinks: bool = False
     poll_interval: float = 2.0
+    poll_budget: float = 1000.0  # files re-stat'ed per second by the poller's sweep (in-place rewrites)
     settle_seconds: float = 2.0
     rescan_interval: float = 3600.0
 
@@ -232,6 +233,7 @@ def _parse_watch(s: Section, base_dir: Path) -> tuple[WatchConfig, list[ConfigEr
         create=create,
         follow_symlinks=s.boolean("follow_symlinks"),
         poll_interval=s.number("poll_interval", low=0.1),
+        poll_budget=s.number("poll_budget", low=1.0),
         settle_seconds=s.number("settle_seconds", low=0.0, allow_zero=True),
         rescan_interval=s.number("rescan_interval", low=0.0, allow_zero=True),
     )

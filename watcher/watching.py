@@ -19,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserverVFS
 
 from .config import Config
 from .events import INOTIFY_EVENTS, Notice, PhotoEventHandler
 from .paths import PathRules, shown
+from .poller import Poller
 
 logger = logging.getLogger("watcher")
 
@@ -39,7 +39,7 @@ class Watching:
         self.notice = notice
         self.rescan = rescan
         self.inotify: InotifyObserver | None = None
-        self.polling: PollingObserverVFS | None = None
+        self.polling: Poller | None = None
         self.watches: dict[str, tuple[object, object]] = {}
         self.polled_below: dict[str, object] = {}  # subfolders inotify could not watch (the watch limit)
         self.unwatchable: list[str] = []  # reported by the observer thread, handled by check()
@@ -69,9 +69,11 @@ class Watching:
     def _handler(self, polling: bool) -> PhotoEventHandler:
         return PhotoEventHandler(lambda: self.rules, self.notice, polling=polling)
 
-    def _polling_observer(self) -> PollingObserverVFS:
+    def _polling_observer(self) -> Poller:
         if self.polling is None:
-            self.polling = PollingObserverVFS(os.stat, self._polled_entries, polling_interval=self.config.watch.poll_interval)
+            watch = self.config.watch
+            self.polling = Poller(interval=watch.poll_interval, lister=self._polled_entries, descend=self._polled_folder,
+                                  budget=watch.poll_budget)
             self.polling.name = "thumbwatch-polling"
             self.polling.start()
         return self.polling
@@ -83,6 +85,13 @@ class Watching:
         rules = self.rules
         with os.scandir(folder) as entries:
             return [entry for entry in entries if not rules.is_output(entry.path)]
+
+    def _polled_folder(self, entry: os.DirEntry) -> bool:
+        """Does the poller go into this subfolder? Where a walk would (scan.walk's rule)."""
+        rules = self.rules
+        if not rules.wants_dir(entry.path):
+            return False
+        return not entry.is_symlink() or (rules.config.watch.follow_symlinks and rules.followable(entry.path))
 
     def watch(self, root: str) -> None:
         if not self.available(root):
