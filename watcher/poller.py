@@ -43,6 +43,7 @@ from watchdog.events import (
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
 )
 from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, BaseObserver, EventEmitter, EventQueue, ObservedWatch
@@ -95,6 +96,7 @@ class Changes:
 
     def __init__(self) -> None:
         self.dir_moves: list[tuple[str, str]] = []
+        self.file_moves: list[tuple[str, str]] = []  # the files of moved folders, for their photos in progress
         self.deleted_files: list[str] = []
         self.deleted_dirs: list[str] = []
         self.modified: list[str] = []
@@ -104,7 +106,8 @@ class Changes:
         self.new: list[tuple[Folder, str, int]] = []  # (parent, name, inode) of folders new in a listed parent
 
     def events(self) -> list[FileSystemEvent]:
-        return ([DirMovedEvent(s, d) for s, d in self.dir_moves] + [FileDeletedEvent(p) for p in self.deleted_files]
+        return ([DirMovedEvent(s, d) for s, d in self.dir_moves] + [FileMovedEvent(s, d) for s, d in self.file_moves]
+                + [FileDeletedEvent(p) for p in self.deleted_files]
                 + [DirDeletedEvent(p) for p in self.deleted_dirs] + [FileModifiedEvent(p) for p in self.modified]
                 + [FileCreatedEvent(p) for p in self.created_files] + [DirCreatedEvent(p) for p in self.created_dirs])
 
@@ -185,6 +188,10 @@ class PolledTree:
                 if candidates:
                     folder = candidates.pop()
                     changes.dir_moves.append((folder.path, path))
+                    cut = len(folder.path)
+                    for inside in folder.walk():
+                        changes.file_moves.extend((os.path.join(inside.path, name), os.path.join(path + inside.path[cut:], name))
+                                                  for name in inside.files())
                     folder.rename(path)
                 else:
                     folder = Folder(path, ino)
