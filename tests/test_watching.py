@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import queue
+import time
+import warnings
+
+import pytest
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
-from helpers import make_jpeg
+from helpers import make_jpeg, wait_for
 from watcher.config import parse
 from watcher.paths import PathRules
 from watcher.watching import Watching, network_fs
@@ -51,3 +57,49 @@ def test_the_polling_observer_does_not_see_our_output_tree(tmp_path):
     watching = Watching(config, PathRules(config), lambda notice: None, lambda what, tops: None)
     seen = DirectorySnapshot(str(root), listdir=watching._polled_entries).paths  # what each poll compares
     assert seen == {str(root), str(root / "trip"), str(root / "trip" / "a.jpg")}
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_folder_moved_out_and_back_in_is_watched_once_under_its_new_name(tmp_path):
+    """watchdog keeps the watches of a folder moved out of the tree; moved back in (under any
+    name) before it learns the folder went, it registered the same inode again and printed
+    "RuntimeWarning: Callback with id ... already exists" on stderr, outside the log."""
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    config = parse({"watch": {"paths": ["photos"], "observer": "inotify"},
+                    "output": {"sizes": [{"name": "small", "width": 64, "height": 64}]}},
+                   file=tmp_path / "config.yaml", base_dir=tmp_path)
+    notices: queue.Queue = queue.Queue()
+    caught: list[str] = []
+    watching = Watching(config, PathRules(config), notices.put, lambda what, tops: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # the observer's threads warn too: every warning, from any thread, is recorded here
+        warnings.showwarning = lambda message, category, *args, **kwargs: caught.append(f"{category.__name__}: {message}")
+        watching.start()
+        try:
+            r = os.fsencode(root)
+            names = [b"with space", b"new\nline", b"back\\slash", b"bad\xff\xfe"]
+            for name in names:
+                os.makedirs(os.path.join(r, name, b"sub", b"deeper"))
+            time.sleep(0.3)  # pacing, not synchronisation: let inotify watch the new folders first
+            for i, name in enumerate(names):
+                os.rename(os.path.join(r, name), os.path.join(os.fsencode(outside), name))
+                os.rename(os.path.join(os.fsencode(outside), name), os.path.join(r, name + b" again"))
+            last = os.path.join(r, names[-1] + b" again", b"sub", b"deeper", b"new.jpg")
+            make_jpeg(os.fsdecode(last))
+
+            def arrived() -> bool:
+                while True:
+                    try:
+                        notice = notices.get_nowait()
+                    except queue.Empty:
+                        return False
+                    if notice.kind == "arrived" and notice.path == os.fsdecode(last):
+                        return True
+
+            wait_for(arrived, timeout=10, message="a photo in the folder moved back in is seen under its new name")
+        finally:
+            watching.stop()
+    assert not caught, "\n".join(caught)

@@ -245,7 +245,12 @@ def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[
     - "output-blind": no watch on a folder for which `skip` is true (below a watched folder's
       top; new ones included), so our own thumbnails wake nobody;
     - "overflow": `overflowed()` when the kernel's inotify queue overflows;
-    - "watch-limit": `unwatchable(path)` for a subfolder inotify could not watch.
+    - "watch-limit": `unwatchable(path)` for a subfolder inotify could not watch;
+    - "rewatch": a folder this group watches already, under an old name, is pointed at its new
+      name instead of being registered a second time. watchdog keeps the watches of a folder
+      moved out of the tree (inotify follows the inode, and an unpaired move-out is only known
+      later); moved back in under any name before that, watchdog registered the same inode
+      again and warned "Callback with id ... already exists" on stderr.
 
     watchdog has no public API for any of these; they subclass its watch group, whose private
     names are checked here against TESTED_WATCHDOG. With another watchdog the stock observer
@@ -256,11 +261,13 @@ def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[
     observer = InotifyObserver(generate_full_events=True)
     try:
         from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
+        from watchdog.observers.inotify_c import InotifyFD, Watch
     except ImportError:
-        InotifyFullEmitter = InotifyWatchGroup = None  # noqa: N806
+        InotifyFullEmitter = InotifyWatchGroup = InotifyFD = Watch = None  # noqa: N806
     if InotifyWatchGroup is None or not (
         all(callable(getattr(InotifyWatchGroup, name, None)) for name in ("_add_callback", "on_queue_overflow"))
-        and {"_inotify_fd", "_active_callbacks_by_path"} <= set(InotifyWatchGroup.__annotations__)
+        and {"_inotify_fd", "_id", "_active_callbacks_by_path", "_active_callbacks_by_watch"} <= set(InotifyWatchGroup.__annotations__)
+        and callable(getattr(InotifyFD, "_get_or_create_watch", None)) and "callbacks" in getattr(Watch, "__annotations__", {})
         and getattr(observer, "_emitter_class", None) is InotifyFullEmitter
     ):
         logger.warning("watchdog %s is not one thumbwatch was tested with (%s): running without its inotify hooks",
@@ -271,9 +278,33 @@ def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[
         def _add_callback(self, path: bytes) -> None:
             if path != self.path and skip(path):
                 return
+            if self._watched_already(path):
+                return
             super()._add_callback(path)
             if path not in self._active_callbacks_by_path and os.path.isdir(path):
                 unwatchable(path)  # watchdog swallowed the error (ENOSPC: the watch limit)
+
+        def _watched_already(self, path: bytes) -> bool:
+            """Is this folder's inode watched by this group already (under whatever name)? Then
+            its watch takes the new name. The kernel says: inotify_add_watch on a watched inode
+            returns its watch descriptor (a new inode with a reused number gets a new one)."""
+            fd = self._inotify_fd
+            lock = getattr(fd, "_lock", None)
+            if lock is None:
+                return False
+            try:
+                with lock:
+                    watch = fd._get_or_create_watch(path, self.event_mask)
+            except OSError:
+                return False  # watchdog's own call reports it (the watch limit, a folder gone)
+            if self._id not in watch.callbacks:
+                return False
+            old = self._active_callbacks_by_watch.get(watch.wd)
+            if old is not None and self._active_callbacks_by_path.get(old) == watch.wd:
+                del self._active_callbacks_by_path[old]
+            self._active_callbacks_by_watch[watch.wd] = path
+            self._active_callbacks_by_path[path] = watch.wd
+            return True
 
         def on_queue_overflow(self) -> None:
             super().on_queue_overflow()
@@ -287,7 +318,7 @@ def _output_blind_observer(skip: Callable[[bytes], bool], overflowed: Callable[[
             )
 
     observer._emitter_class = Emitter
-    return observer, ["output-blind", "overflow", "watch-limit"]
+    return observer, ["output-blind", "overflow", "watch-limit", "rewatch"]
 
 
 TESTED_WATCHDOG = "7.1"
