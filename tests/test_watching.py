@@ -103,3 +103,40 @@ def test_a_folder_moved_out_and_back_in_is_watched_once_under_its_new_name(tmp_p
         finally:
             watching.stop()
     assert not caught, "\n".join(caught)
+
+
+def test_a_reload_that_changes_what_is_polled_starts_a_new_poller(tmp_path):
+    root = tmp_path / "photos"
+    (root / "raw").mkdir(parents=True)
+    (root / "jpg").mkdir()
+
+    def config(ignore: list[str], interval: float):
+        return parse({"watch": {"paths": ["photos"], "observer": "polling", "poll_interval": interval, "ignore": ignore},
+                      "output": {"sizes": [{"name": "small", "width": 64, "height": 64}]}},
+                     file=tmp_path / "config.yaml", base_dir=tmp_path)
+
+    notices: queue.Queue = queue.Queue()
+    first = config([], 0.1)
+    watching = Watching(first, PathRules(first), notices.put, lambda what, tops: None)
+    watching.start()
+    try:
+        old = watching.polling
+        second = config(["raw"], 0.1)
+        watching.update(second, PathRules(second))
+        assert watching.polling is not old and not old.is_alive(), "the old poller is stopped"
+        [emitter] = list(watching.polling.emitters)
+        wait_for(lambda: emitter.ready)
+        assert sorted(emitter.tree.root.dirs) == ["jpg"], "the new rules decide what is polled"
+        make_jpeg(root / "jpg" / "a.jpg")
+        make_jpeg(root / "raw" / "b.jpg")
+        seen: list[str] = []
+
+        def settled() -> bool:
+            while not notices.empty():
+                seen.append(notices.get_nowait().path)
+            return str(root / "jpg" / "a.jpg") in seen
+
+        wait_for(settled, timeout=10)
+        assert str(root / "raw" / "b.jpg") not in seen
+    finally:
+        watching.stop()

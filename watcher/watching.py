@@ -148,7 +148,12 @@ class Watching:
         """A reload: new rules for every handler, watched folders added and removed."""
         old_roots, new_roots = set(self.rules.roots), set(rules.roots)
         outputs_moved = (self.rules.output_roots, self.config.output.style) != (rules.output_roots, config.output.style)
+        old, new = self.config.watch, config.watch
+        polled_anew = self.polling is not None and (outputs_moved or (old.ignore, old.follow_symlinks, old.poll_interval, old.poll_budget)
+                                                    != (new.ignore, new.follow_symlinks, new.poll_interval, new.poll_budget))
         self.config, self.rules = config, rules  # the handlers read self.rules at every event
+        if polled_anew:
+            self._poll_anew()
         for root in sorted(old_roots - new_roots):
             self.unwatch(root)
             self.missing.discard(root)
@@ -164,6 +169,24 @@ class Watching:
             for root in sorted((old_roots & new_roots) - self.missing):
                 self.unwatch(root)
                 self.watch(root)
+
+    def _poll_anew(self) -> None:
+        """A new poller for new polling rules (what it goes into, how often, its budget): each
+        polled folder gets a new first listing. The reload's rescan finds what changed meanwhile."""
+        polled = [root for root, (observer, _watch) in self.watches.items() if observer is self.polling]
+        for root in polled:
+            self.unwatch(root)
+        below, self.polled_below = list(self.polled_below), {}
+        assert self.polling is not None
+        self.polling.stop()
+        self.polling.join(5)
+        self.polling = None
+        for root in polled:
+            self.watch(root)
+        if below:
+            observer = self._polling_observer()
+            for top in below:
+                self.polled_below[top] = observer.schedule(self._handler(True), top, recursive=True)
 
     def check(self) -> None:
         """The health check: observer threads alive, every folder watched, gone folders back."""
