@@ -17,15 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-)
+from watchdog.events import FileModifiedEvent
 
 from helpers import edit_config, make_flat_jpeg, mean_colour, wait_for
 from watcher.poller import COARSEST_STAMP, PolledTree
@@ -73,10 +65,6 @@ class Tree:
 
     def _rel(self, path) -> str:
         return os.path.relpath(path, self.root) if path else ""
-
-
-def names(events) -> list[str]:
-    return [type(e).__name__ for e in events]
 
 
 @pytest.fixture

@@ -99,7 +99,6 @@ class Changes:
         self.file_moves: list[tuple[str, str]] = []  # the files of moved folders, for their photos in progress
         self.deleted_files: list[str] = []
         self.deleted_dirs: list[str] = []
-        self.modified: list[str] = []
         self.created_files: list[str] = []
         self.created_dirs: list[str] = []
         self.gone: dict[int, list[Folder]] = {}  # folders gone from a listed parent, by inode: perhaps moved
@@ -108,7 +107,7 @@ class Changes:
     def events(self) -> list[FileSystemEvent]:
         return ([DirMovedEvent(s, d) for s, d in self.dir_moves] + [FileMovedEvent(s, d) for s, d in self.file_moves]
                 + [FileDeletedEvent(p) for p in self.deleted_files]
-                + [DirDeletedEvent(p) for p in self.deleted_dirs] + [FileModifiedEvent(p) for p in self.modified]
+                + [DirDeletedEvent(p) for p in self.deleted_dirs]
                 + [FileCreatedEvent(p) for p in self.created_files] + [DirCreatedEvent(p) for p in self.created_dirs])
 
 
