@@ -317,3 +317,16 @@ def test_a_polling_daemon_renders_new_photos_and_removes_thumbnails_of_deleted_o
     assert len(daemon.matching(r"\bok /")) == before, "the rename re-rendered nothing:\n" + daemon.text()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0, daemon.text()
+
+
+def test_the_first_listing_reports_files_changed_moments_ago(tree, monkeypatch):
+    """The start's catch-up walk runs beside the first listing: a photo that arrives in a folder
+    the walk has passed and the listing has not yet reached would be in neither's report."""
+    events = tree.tree.baseline()
+    assert sorted(os.path.relpath(e.src_path, tree.root) for e in events) == sorted(
+        f"{folder}/p{i}.jpg" for folder in ("a", "b", "b/c", "d") for i in range(3))
+    import watcher.poller
+
+    monkeypatch.setattr(watcher.poller, "BASELINE_MARGIN", -60.0)  # as if every file were older than the margin
+    quiet = PolledTree(str(tree.root), lister=os.scandir, descend=lambda entry: True)
+    assert quiet.baseline() == []
