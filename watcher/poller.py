@@ -209,13 +209,18 @@ class PolledTree:
         return changes
 
     def _check(self, tops: list[Folder], changes: Changes) -> bool:
+        """Stat each folder, list those whose stamp changed. The loop a poll spends its time in:
+        at a million photos it runs 10,000 times every poll_interval, so it stays lean."""
         stack = list(tops)
+        stopping, recent, stat = self.stopping, self.recent, os.stat
+        n = 0
         while stack:
-            if self.stopping():
+            n += 1
+            if n & 63 == 1 and stopping():
                 return False
             folder = stack.pop()
             try:
-                st = os.stat(folder.path)
+                st = stat(folder.path)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone: its parent's listing says so
             except OSError as err:
@@ -223,16 +228,17 @@ class PolledTree:
                 continue
             if self.failing:
                 self.failing.discard(folder.path)
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-            if stamp != folder.stamp:
+            stamp = folder.stamp
+            if stamp is None or st.st_ctime_ns != stamp[2] or st.st_mtime_ns != stamp[1] or st.st_ino != stamp[0]:
                 if self._since is None or st.st_ctime_ns >= self._since:
-                    self.recent[folder] = self.clock() + COARSEST_STAMP
+                    recent[folder] = self.clock() + COARSEST_STAMP
+                self._list(folder, (st.st_ino, st.st_mtime_ns, st.st_ctime_ns), changes)
+            elif recent and folder in recent:
+                if self.clock() >= recent[folder]:
+                    del recent[folder]  # this listing starts a tick after the last change
                 self._list(folder, stamp, changes)
-            elif folder in self.recent:
-                if self.clock() >= self.recent[folder]:
-                    del self.recent[folder]  # this listing starts a tick after the last change
-                self._list(folder, stamp, changes)
-            stack.extend(folder.dirs.values())
+            if folder.dirs:
+                stack.extend(folder.dirs.values())
         return True
 
     def _list(self, folder: Folder, stamp: tuple[int, int, int], changes: Changes) -> None:
