@@ -164,7 +164,9 @@ class Daemon:
                     return int(line.split()[1]) / 1024
         raise LookupError("VmRSS")
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """SIGTERM; the seconds until the daemon exited."""
+        started = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -172,7 +174,9 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        stopped = time.monotonic() - started
         self.reader.join(5)
+        return stopped
 
 
 def measure(photos: Path, count: int, observer: str, args: argparse.Namespace, rng: random.Random) -> dict:
@@ -233,7 +237,7 @@ def measure(photos: Path, count: int, observer: str, args: argparse.Namespace, r
             result["inplace_s"] = round(when - t0, 1)
             result["inplace_bound_s"] = bound
     finally:
-        daemon.stop()
+        result["stop_s"] = round(daemon.stop(), 2)
         for photo in dropped:  # leave the tree as it was
             for path in (photo, photos / "thumbs" / photo.relative_to(photos)):
                 path.unlink(missing_ok=True)
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             inplace = "not measured" if r["inplace_s"] is None else f"{r['inplace_s']:.1f} s{bound}"
             print(f"  {observer:17} idle CPU {spread(r['cpu_pct'])} % of a core, RSS {max(r['rss_mb']):.0f} MB; "
                   f"drop noticed in {spread(r['drop_s'])} s; in-place rewrite in {inplace}; "
-                  f"start {r['start_s']:.0f} s, run {r['seconds']:.0f} s", flush=True)
+                  f"start {r['start_s']:.0f} s, SIGTERM to exit {r['stop_s']:.2f} s, run {r['seconds']:.0f} s", flush=True)
         by = {r["observer"]: r for r in results if r["photos"] == count}
         if "polling" in by:
             ours = statistics.median(by["polling"]["cpu_pct"])

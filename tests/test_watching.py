@@ -140,3 +140,23 @@ def test_a_reload_that_changes_what_is_polled_starts_a_new_poller(tmp_path):
         assert str(root / "raw" / "b.jpg") not in seen
     finally:
         watching.stop()
+
+
+def test_the_poller_never_lists_our_output_tree(tmp_path):
+    root = tmp_path / "photos"
+    (root / "thumbs" / "trip").mkdir(parents=True)
+    (root / "trip").mkdir()
+    make_jpeg(root / "thumbs" / "trip" / "a.jpg")
+    make_jpeg(root / "trip" / "a.jpg")
+    config = parse({"watch": {"paths": ["photos"], "observer": "polling", "poll_interval": 0.1},
+                    "output": {"sizes": [{"name": "small", "width": 64, "height": 64}]}},
+                   file=tmp_path / "config.yaml", base_dir=tmp_path)
+    watching = Watching(config, PathRules(config), lambda notice: None, lambda what, tops: None)
+    watching.start()
+    try:
+        [emitter] = list(watching.polling.emitters)
+        wait_for(lambda: emitter.ready)
+        known = sorted(os.path.relpath(folder.path, root) for folder in emitter.tree.root.walk())
+        assert known == [".", "trip"]
+    finally:
+        watching.stop()
