@@ -330,3 +330,31 @@ def test_the_first_listing_reports_files_changed_moments_ago(tree, monkeypatch):
     monkeypatch.setattr(watcher.poller, "BASELINE_MARGIN", -60.0)  # as if every file were older than the margin
     quiet = PolledTree(str(tree.root), lister=os.scandir, descend=lambda entry: True)
     assert quiet.baseline() == []
+
+
+def test_a_file_system_unmounted_below_a_polled_folder_deletes_nothing(ext4_1s, tmp_path):
+    """Absence is not deletion: a disk mounted on a subfolder goes away (umount -l, a stale
+    share). The name now leads to the empty folder below, and the parent did not change."""
+    root = tmp_path / "photos"
+    (root / "local").mkdir(parents=True)
+    (root / "local" / "a.jpg").write_bytes(b"x")
+    (ext4_1s / "trip").mkdir()
+    (ext4_1s / "trip" / "b.jpg").write_bytes(b"x")
+    (ext4_1s / "c.jpg").write_bytes(b"x")
+    mount_point = root / "disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "--bind", str(ext4_1s), str(mount_point)], check=True)
+    try:
+        tree = Tree(root)
+        tree.start()
+        assert sorted(tree.tree.root.dirs) == ["disk", "local"] and tree.tree.files == 3
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+        assert tree.poll() == [], "an unmounted disk's photos are not deleted ones"
+        subprocess.run(["mount", "--bind", str(ext4_1s), str(mount_point)], check=True)
+        # a later second than the folder's last change (this test's clock is the hand-driven one)
+        made = (ext4_1s / "trip").stat().st_ctime
+        wait_for(lambda: time.time() >= made + 1.05, timeout=3, interval=0.05)
+        (ext4_1s / "trip" / "new.jpg").write_bytes(b"x")
+        assert tree.poll() == [("FileCreatedEvent", "disk/trip/new.jpg", "")], "back: polled as before"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -19,8 +19,10 @@ compared, never our clock with the file server's.
 
 Memory: per folder its stamp, its file names in one string, and (inode, mtime, size) per
 file in one array. Our own output trees are never listed (the lister leaves them out). A
-listing that fails (EIO, a stale handle) changes nothing: absence is only believed when the
-parent folder's listing says a name is gone.
+listing that fails (EIO, a stale handle) changes nothing, and neither does a folder whose name
+leads to another inode while its parent has not changed (a disk unmounted there): absence is
+only believed when the parent folder's listing says a name is gone. (An unmounted or remounted
+watched folder itself is polled afresh, without taking the difference for changes.)
 
 The events are watchdog's, in an order the master can act on: a folder's move before
 anything inside it, deletions before creations of the same name.
@@ -225,6 +227,11 @@ class PolledTree:
                 continue  # gone: its parent's listing says so
             except OSError as err:
                 self._failed(folder.path, err)
+                continue
+            if folder.ino and st.st_ino != folder.ino:
+                # the name leads to another folder, and its parent's listing did not say so: a
+                # file system mounted or unmounted there. Its photos are not taken for deleted.
+                self._failed(folder.path, OSError(errno.ESTALE, "another folder is there now (unmounted?)"))
                 continue
             if self.failing:
                 self.failing.discard(folder.path)
