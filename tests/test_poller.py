@@ -332,7 +332,7 @@ def test_the_first_listing_reports_files_changed_moments_ago(tree, monkeypatch):
     assert quiet.baseline() == []
 
 
-def test_a_file_system_unmounted_below_a_polled_folder_deletes_nothing(ext4_1s, tmp_path):
+def test_a_file_system_unmounted_below_a_polled_folder_deletes_nothing(ext4_1s, tmp_path, caplog):
     """Absence is not deletion: a disk mounted on a subfolder goes away (umount -l, a stale
     share). The name now leads to the empty folder below, and the parent did not change."""
     root = tmp_path / "photos"
@@ -350,6 +350,9 @@ def test_a_file_system_unmounted_below_a_polled_folder_deletes_nothing(ext4_1s, 
         assert sorted(tree.tree.root.dirs) == ["disk", "local"] and tree.tree.files == 3
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
         assert tree.poll() == [], "an unmounted disk's photos are not deleted ones"
+        assert tree.poll() == []
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and str(mount_point) in warnings[0], warnings
         subprocess.run(["mount", "--bind", str(ext4_1s), str(mount_point)], check=True)
         # a later second than the folder's last change (this test's clock is the hand-driven one)
         made = (ext4_1s / "trip").stat().st_ctime

@@ -134,6 +134,7 @@ class PolledTree:
         self.files = 0
         self.folders = 0
         self.failing: set[str] = set()  # folders whose listing fails, said once
+        self.swapped: set[str] = set()  # folders found to be another inode than their parent listed
         self._round: list[Folder] = []
         self._cursor = (0, 0, "")  # folder index in the round, file index, that folder's names then
         self._since: int | None = None  # while the baseline runs: files changed since then are reported
@@ -230,11 +231,16 @@ class PolledTree:
                 continue
             if folder.ino and st.st_ino != folder.ino:
                 # the name leads to another folder, and its parent's listing did not say so: a
-                # file system mounted or unmounted there. Its photos are not taken for deleted.
-                self._failed(folder.path, OSError(errno.ESTALE, "another folder is there now (unmounted?)"))
+                # file system mounted or unmounted there (or a rename since the parent was
+                # looked at: the next poll tells). Its photos are not taken for deleted.
+                if folder.path in self.swapped:
+                    self._failed(folder.path, OSError(errno.ESTALE, "another folder is there now (unmounted?)"))
+                self.swapped.add(folder.path)
                 continue
             if self.failing:
                 self.failing.discard(folder.path)
+            if self.swapped:
+                self.swapped.discard(folder.path)
             stamp = folder.stamp
             if stamp is None or st.st_ctime_ns != stamp[2] or st.st_mtime_ns != stamp[1] or st.st_ino != stamp[0]:
                 if self._since is None or st.st_ctime_ns >= self._since:
