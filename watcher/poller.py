@@ -192,8 +192,8 @@ class PolledTree:
                     changes.dir_moves.append((folder.path, path))
                     cut = len(folder.path)
                     for inside in folder.walk():
-                        changes.file_moves.extend((os.path.join(inside.path, name), os.path.join(path + inside.path[cut:], name))
-                                                  for name in inside.files())
+                        changes.file_moves.extend((os.path.join(inside.path, file), os.path.join(path + inside.path[cut:], file))
+                                                  for file in inside.files())
                     folder.rename(path)
                 else:
                     folder = Folder(path, ino)
