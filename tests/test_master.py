@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -123,8 +124,7 @@ def master(tmp_path):
     svc.clock_ = clock
     svc.admission.wallclock = lambda: clock.now + 10_000_000_000  # every file is old enough to render
     yield svc
-    os.close(svc.wake_r)
-    os.close(svc.wake_w)
+    svc.pipe.close()
 
 
 def photo(svc: Service, name: str) -> str:
@@ -505,3 +505,83 @@ def test_a_config_error_found_only_on_starting_exits_78_without_a_traceback(mast
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == ["config error: metrics.port: expected a free port, 9101 is taken"]
     assert not any(r.exc_info for r in errors)
+
+
+# ---- a change of attributes alone (issue 19) ----------------------------------------------------
+
+
+def rendered(svc: Service, name: str) -> str:
+    """A photo with thumbnails that show it, as a worker would have left them."""
+    path = photo(svc, name)
+    svc.admission.arrived(path)
+    step(svc)
+    svc.executor.finish(path)
+    step(svc)
+    assert svc.admission.fresh(os.stat(path), svc.rules.targets(path))
+    return path
+
+
+def after_ctime_of(path: str, tmp: Path) -> None:
+    """Return once the kernel's ctime clock (coarse: a few ms) has moved past `path`'s ctime."""
+    probe, deadline = tmp / "ctime-probe", time.monotonic() + 5
+    while True:
+        probe.write_bytes(b"")
+        if os.stat(probe).st_ctime_ns > os.stat(path).st_ctime_ns:
+            return
+        assert time.monotonic() < deadline, "the ctime clock did not move in 5 s"
+
+
+def test_an_attribute_change_restamps_the_thumbnails_without_a_render(master, tmp_path):
+    a = rendered(master, "a.jpg")
+    thumb = master.rules.targets(a)[0].path
+    before = os.stat(thumb)
+    after_ctime_of(thumb, tmp_path)
+    os.chmod(a, 0o640)  # a new ctime, the same content
+    assert not master.admission.fresh(os.stat(a), master.rules.targets(a)), "the freshness rule sees the new ctime"
+    master.notices.append(Notice("attrib", a))
+    step(master)
+    assert taken(master) == [] and master.stats.restamped == 1
+    assert master.admission.fresh(os.stat(a), master.rules.targets(a))
+    after = os.stat(thumb)
+    assert (after.st_mtime_ns, after.st_size, after.st_ino) == (before.st_mtime_ns, before.st_size, before.st_ino)
+
+
+def test_an_attribute_change_of_a_photo_in_hand_looks_again_after_its_render(master):
+    a = photo(master, "a.jpg")
+    master.admission.arrived(a)
+    step(master)
+    assert taken(master) == [a]
+    os.chmod(a, 0o640)
+    master.notices.append(Notice("attrib", a))
+    step(master)
+    assert taken(master) == [a] and master.stats.restamped == 0, "one render at a time, nothing re-stamped"
+    master.executor.finish(a)
+    os.utime(a, ns=(1, 1))  # the render read what the attribute change left behind: stale now
+    step(master)
+    assert taken(master) == [a], "looked at again once the render was in"
+
+
+def test_an_attribute_change_that_moved_the_mtime_renders(master):
+    a = rendered(master, "a.jpg")
+    os.utime(a, ns=(10**18, 10**18))  # touch -d: the thumbnail no longer carries the photo's mtime
+    master.notices.append(Notice("attrib", a))
+    step(master)
+    assert taken(master) == [a] and master.stats.restamped == 0
+
+
+def test_an_attribute_change_of_a_photo_settling_or_queued_restamps_nothing(master, tmp_path):
+    a = rendered(master, "a.jpg")
+    b = rendered(master, "b.jpg")
+    master.executor.slots = 0
+    after_ctime_of(master.rules.targets(b)[0].path, tmp_path)
+    os.chmod(a, 0o640)
+    os.chmod(b, 0o640)
+    master.admission.settle(a)  # a poll saw it change: it may be being written
+    master.admission.arrived(b)  # closed after writing: queued
+    master.notices.extend([Notice("attrib", a), Notice("attrib", b)])
+    step(master)
+    assert master.stats.restamped == 0
+    assert master.admission.where(a) == "settling" and master.admission.where(b) == "queued"
+    master.executor.slots = 2
+    step(master, 2.5)
+    assert sorted(taken(master)) == sorted([a, b]), "both rendered: what was pending goes on as before"

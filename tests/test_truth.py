@@ -264,6 +264,68 @@ def test_mv_over_a_photo_with_the_same_mtime_and_size_shows_the_moved_picture(pr
     quiet_and_truthful(daemon, project, context="mv c.jpg d.jpg (equal mtime and size) while stopped, then a start: ")
 
 
+# ---- changes of attributes alone (issue 19) ----------------------------------------------------
+
+
+def fresh_by_the_readme(photo: Path, thumb: Path) -> bool:
+    """The README's rule, written out here: a thumbnail carries its photo's mtime and was
+    written (or re-stamped) no earlier than the photo last changed, ctime against ctime."""
+    p, t = os.stat(photo), os.stat(thumb)
+    return t.st_mtime_ns == p.st_mtime_ns and t.st_ctime_ns >= p.st_ctime_ns
+
+
+def stale_thumbnails(project: Path) -> list[str]:
+    layout = Layout(project)
+    return [str(photo.relative_to(project)) for photo, root, out_root in layout.photos()
+            for thumb in layout.thumbnails_of(photo, root, out_root) if not fresh_by_the_readme(photo, thumb)]
+
+
+def test_changes_of_attributes_alone_cost_no_render_and_a_same_size_same_mtime_rewrite_still_does(project, start_daemon):
+    """chown -R, chmod -R, xattrs, ACLs and touch -a on a live daemon: not one render, every
+    thumbnail fresh again and still its photo's picture. Then, in the same run, cp -p of another
+    picture of the same size and mtime over a photo (in place: same inode) is rendered."""
+    tools = {"setfattr": "attr", "setfacl": "acl"}
+    missing = [f"{tool} (apt-get install {package})" for tool, package in tools.items() if shutil.which(tool) is None]
+    if missing:
+        pytest.skip("not installed: " + ", ".join(missing))
+    album = project / "photos" / "album"
+    photos = [make_flat_jpeg(album / f"p{i:03}.jpg", palette(i), pad_to=8192) for i in range(200)]  # 200 colours, one size
+    daemon = start_quiet(start_daemon, project)
+    rendered = ok_count(daemon)
+    assert rendered == 200 and stale_thumbnails(project) == []
+    # -R on the photos' folder, not the watched one: walked after the photos, the thumbnail
+    # folder would get new ctimes too, and the test would pass by the luck of readdir order
+    commands = [["chmod", "-R", "g+w", album], ["setfattr", "-n", "user.x", "-v", "1", *photos],
+                ["setfacl", "-m", "u:1:r", *photos], ["touch", "-a", *photos]]
+    if os.geteuid() == 0:
+        commands.insert(0, ["chown", "-R", "1:1", album])
+    for command in commands:
+        wait_for(lambda: stale_thumbnails(project) == [], 20, message="every thumbnail fresh again before the next tool")
+        shown_ctime = {str(p): p.stat().st_ctime_ns for p in photos[:3]}
+        run(*command)
+        assert any(p.stat().st_ctime_ns != shown_ctime[str(p)] for p in photos[:3]), f"{command[0]} changed no ctime: it proves nothing"
+        wait_for(lambda: stale_thumbnails(project) == [], 20, message=f"every thumbnail fresh again after {command[0]}")
+        quiet_and_truthful(daemon, project, context=f"{command[0]} over 200 photos: ")
+        assert ok_count(daemon) == rendered, f"{command[0]}: {ok_count(daemon) - rendered} photo(s) rendered again"
+    # a new hard link outside the watched tree: no event reaches a folder's inotify watch (the
+    # link count is the inode's, not the folder's), so nothing is rendered while running; the
+    # photos' new ctimes make the next rescan or start render them (README: metadata changes)
+    (project / "links").mkdir()
+    for p in photos:
+        os.link(p, project / "links" / p.name)
+    quiet_and_truthful(daemon, project, context="ln of 200 photos outside the tree: ")
+    assert ok_count(daemon) == rendered, f"ln: {ok_count(daemon) - rendered} photo(s) rendered again"
+    # a rewrite in place of the same size with the same mtime: only its ctime tells
+    victim, other = photos[7], make_flat_jpeg(project / "stage" / "other.jpg", palette(210), pad_to=8192)
+    os.utime(other, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns))
+    inode = victim.stat().st_ino
+    run("cp", "-p", other, victim)
+    assert victim.stat().st_ino == inode and victim.stat().st_size == other.stat().st_size
+    daemon.wait_log(rf"\bok \S*{victim.name} ", count=2)
+    quiet_and_truthful(daemon, project, context="cp -p of a same-size same-mtime picture over p007.jpg: ")
+    assert ok_count(daemon) == rendered + 1
+
+
 # ---- moved folders -----------------------------------------------------------------------------
 
 
@@ -521,13 +583,15 @@ def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start
     done: list[str] = []
     for _ in range(300):
         op = rng.choice(["create", "create", "overwrite", "replace", "delete", "rename", "rename", "rename folder",
-                         "move out", "move in", "link", "mkdir"])
+                         "move out", "move in", "link", "mkdir", "chmod", "xattr", "touch -a", "cp -p over"])
         files, dirs = photos(), folders()
         sub = [d for d in dirs if d != root]
-        if not files and op in ("overwrite", "replace", "delete", "rename", "link"):
+        if not files and op in ("overwrite", "replace", "delete", "rename", "link", "chmod", "xattr", "touch -a", "cp -p over"):
             op = "create"
         victim = rng.choice(files) if files else root
-        if op == "overwrite" and victim.stat().st_nlink > 1:
+        if op == "cp -p over" and observer == "polling":
+            op = "overwrite"  # same size and mtime in the same inode: a poll by (size, mtime) cannot see it
+        if op in ("overwrite", "cp -p over") and victim.stat().st_nlink > 1:
             op = "replace"  # in place would change its other names too, with no event for them
         if op == "create":
             write(target := rng.choice(dirs) / new_name())
@@ -570,6 +634,22 @@ def test_random_operations_on_a_live_daemon_leave_a_truthful_tree(project, start
         elif op == "mkdir":
             (folder := rng.choice(dirs) / f"d{next(names)}").mkdir()
             done.append(f"mkdir {folder.relative_to(project)}")
+        elif op == "chmod":  # attributes alone: a new ctime, the same picture
+            victim.chmod(victim.stat().st_mode ^ 0o020)
+            done.append(f"chmod {victim.relative_to(project)}")
+        elif op == "xattr":
+            os.setxattr(victim, "user.thumbwatch-test", str(rng.randrange(10**6)).encode())
+            done.append(f"xattr {victim.relative_to(project)}")
+        elif op == "touch -a":
+            run("touch", "-a", victim)  # opens it for writing, writes nothing
+            done.append(f"touch -a {victim.relative_to(project)}")
+        elif op == "cp -p over":  # a new picture into the same inode, then the old mtime back (before the close)
+            staged = outside / f".staged{next(names)}.jpg"
+            write(staged)
+            os.utime(staged, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns))
+            run("cp", "-p", staged, victim)
+            staged.unlink()
+            done.append(f"cp -p over {victim.relative_to(project)}")
         if rng.random() < 0.1:
             time.sleep(rng.uniform(0, 0.05))  # pacing, not synchronisation: let some jobs be in flight
     recent = "\n    ".join(done[-10:])

@@ -7,16 +7,15 @@ place at a time, and `where(path)` says which:
   queued     waiting in the job queue (live lane or scan lane; jobs.py)
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still, or,
-             for a file just created or being written, once it is closed after writing,
-             whichever comes first
+             for a file just created, once it is closed after writing, whichever comes first
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
 `verdict()` applies the one freshness rule (thumbtree.fresh): a file replaced by another with
 the same name, size and mtime (`mv`, `tar x`, `cp -p`) has a new ctime, so it is rendered again.
-A change of attributes alone (chown, chmod, xattrs, `touch -a`, a new hard link) changes the
-ctime too; seen as it happens, with no write of the photo in progress, it costs a re-stamp of
-the thumbnails (thumbtree.restamp), not a render.
+A change of attributes alone (chown, chmod, ACLs, xattrs, `touch -a`) changes the ctime too;
+seen as it happens, with no write of the photo in progress, it costs a re-stamp of the
+thumbnails (thumbtree.restamp), not a render.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .config import Config
 from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
@@ -78,7 +77,7 @@ class Settling:
     size: int
     mtime_ns: int
     since: float
-    until_closed: bool = False  # being written: its close-write ends the wait (holding still is the fallback)
+    until_closed: bool = False  # just created: its close-write ends the wait (holding still is the fallback)
 
 
 class Settler:
@@ -237,9 +236,14 @@ class Admission:
         """A scan found it stale (scanner thread): the scan lane, waiting for room."""
         return self.queue.put(path, stop)
 
-    def retry_now(self, path: str) -> None:
-        """`thumbwatch retry`: the live lane."""
-        self.queue.offer(path)
+    def failures_reloaded(self) -> None:
+        """`thumbwatch retry` may have cleared records on disk (records not yet saved stay):
+        those photos go to the live lane, ahead of the reload's rescan."""
+        before = {path for path, _failure in self.failures.items()}
+        self.failures.merge_from_disk()
+        for path in sorted(before - {path for path, _failure in self.failures.items()}):
+            if self.rules.wants(path):
+                self.queue.offer(path)
 
     def settle(self, path: str) -> None:
         """Queue it once its size and mtime have held still for watch.settle_seconds."""
@@ -258,29 +262,20 @@ class Admission:
         else:
             self.settling.wait(path, st, until_closed=True)
 
-    def writing(self, path: str) -> None:
-        """Written to, not yet closed (IN_MODIFY): settling until closed, so that an attribute
-        change meanwhile (`cp -p` sets the old mtime, then closes) counts as part of the write."""
-        if self.where(path) is None and (st := _stat(path)) is not None:
-            self.settling.wait(path, st, until_closed=True)
-
     def attributes_changed(self, path: str) -> None:
-        """Only its attributes changed, as far as the events tell (inotify IN_ATTRIB with no
-        write in progress): owner, mode, ACLs, xattrs, atime, link count. Thumbnails that carry
-        the photo's mtime showed it before, and still do: re-stamped, not rendered. Anything
-        else (a `touch` that moved the mtime) is looked at once it is closed or holds still."""
-        where = self.where(path)
-        if where == "in-flight":
-            self.in_flight.look_again(path)  # the render may have read it before: look once more after it
-        if where is not None or (st := _stat(path)) is None or not self.rules.photo_followable(path):
-            return
-        if self.failures.known(path, st):
-            return
-        if restamp(st, self.rules.targets(path)):
-            self.stats.restamped += 1
-            logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
-        else:
-            self.settling.wait(path, st, until_closed=True)
+        """Only its attributes changed, as far as the events tell: owner, mode, ACLs, xattrs or
+        atime, with no write since it was last closed (events.py). Thumbnails that carry the
+        photo's mtime showed this content before and still do: re-stamped, not rendered. Anything
+        else (a `touch` moved the mtime, a photo in hand or waiting) goes on as after a close-write."""
+        if self.where(path) is None and (st := _stat(path)) is not None and self.rules.photo_followable(path):
+            targets = self.rules.targets(path)
+            if self.failures.known(path, st) or fresh(st, targets):
+                return
+            if restamp(st, targets):
+                self.stats.restamped += 1
+                logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
+                return
+        self.arrived(path)
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under

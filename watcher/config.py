@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-from .configfile import ConfigError, Section, read_yaml
-
-__all__ = ["ConfigError", "Config", "load", "parse", "dump", "check_folders", "EX_CONFIG"]  # and the dataclasses
+from .configfile import ConfigError, Section, check_writable, read_yaml  # noqa: F401 (ConfigError: callers import it from here)
 
 EX_CONFIG = 78
 
@@ -472,33 +470,30 @@ def _check_output_outside_roots(top: Section, watch: WatchConfig, output: Output
 def check_folders(config: Config) -> None:
     """The state folder and the log file can be made and written, before anything starts:
     a ConfigError naming the key and the folder otherwise. Creates nothing."""
-    _check_writable(config, "state.dir", config.state.dir, folder=True)
+    check_writable(config.source, "state.dir", config.state.dir, folder=True)
     if config.log.file is not None:
-        _check_writable(config, "log.file", config.log.file, folder=False)
+        check_writable(config.source, "log.file", config.log.file, folder=False)
 
 
-def _check_writable(config: Config, key: str, path: Path, *, folder: bool) -> None:
-    def refuse(why: str) -> ConfigError:
-        return ConfigError(f"{config.source}: {key}: {why}")
+# What a reload cannot change in a running daemon (key prefixes): said, and left for a restart.
+RESTART_NEEDED = ("state.", "watch.observer", "metrics.", "workers.backend", "celery.")
 
-    if os.path.exists(path):
-        if folder and not path.is_dir():
-            raise refuse(f"expected a folder, but {path} is not one")
-        if not folder and path.is_dir():
-            raise refuse(f"expected a file, but {path} is a folder")
-        need = os.R_OK | os.W_OK | os.X_OK if folder else os.W_OK
-        if not os.access(path, need, effective_ids=os.access in os.supports_effective_ids):
-            raise refuse(f"{path} is not {'readable and writable' if folder else 'writable'} by uid {os.geteuid()}")
-        return
-    existing = path if folder else path.parent
-    while not os.path.exists(existing):
-        if os.path.lexists(existing):
-            raise refuse(f"cannot create {path}: {existing} is a broken symlink")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise refuse(f"cannot create {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
-        raise refuse(f"cannot create {path}: {existing} is not writable by uid {os.geteuid()}")
+
+def changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """What differs between two configs ("key: old -> new"), and which of those only a restart applies."""
+    changed = _diff(old.effective(), new.effective())
+    return changed, [c for c in changed if c.startswith(RESTART_NEEDED)]
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.extend(_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed
 
 
 def dump(config: Config) -> str:

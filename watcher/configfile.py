@@ -228,3 +228,30 @@ class Section:
         if self.data:
             unknown = sorted(str(k) for k in self.data)
             raise self.error(self.key(unknown[0]), "unknown key (check the spelling against config/thumbwatch.yaml)")
+
+
+def check_writable(source: Path, key: str, path: Path, *, folder: bool) -> None:
+    """The folder or file at `path` (named by `key` in the config file `source`) can be made
+    and written, or a ConfigError says why not. Creates nothing."""
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {why}")
+
+    if os.path.exists(path):
+        if folder and not path.is_dir():
+            raise refuse(f"expected a folder, but {path} is not one")
+        if not folder and path.is_dir():
+            raise refuse(f"expected a file, but {path} is a folder")
+        need = os.R_OK | os.W_OK | os.X_OK if folder else os.W_OK
+        if not os.access(path, need, effective_ids=os.access in os.supports_effective_ids):
+            raise refuse(f"{path} is not {'readable and writable' if folder else 'writable'} by uid {os.geteuid()}")
+        return
+    existing = path if folder else path.parent
+    while not os.path.exists(existing):
+        if os.path.lexists(existing):
+            raise refuse(f"cannot create {path}: {existing} is a broken symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise refuse(f"cannot create {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise refuse(f"cannot create {path}: {existing} is not writable by uid {os.geteuid()}")

@@ -7,6 +7,13 @@ and are ignored under inotify (a new hard link aside: it is created complete); t
 observer has no close events, so there they go to the master's settler, which queues the path
 once its size and mtime stop changing.
 
+Under inotify the handler also keeps, per photo, whether it was written to (IN_MODIFY) since it
+was last closed. A change of attributes (IN_ATTRIB: chown, chmod, ACLs, xattrs) or a close
+with no write since the open (`touch -a` opens the file for writing and writes nothing) is then
+an "attrib" notice: its content did not change, so the master may re-stamp its thumbnails
+instead of rendering it. An IN_ATTRIB during a write is part of that write (`cp -p` sets the
+old mtime, then closes) and says nothing; the close-write that ends it is an arrival.
+
 Everything goes to the master as a notice, on one ordered channel: a delete and a create of the
 same name, or a folder's rename and the moves of the photos inside it, are acted on in the
 order they happened.
@@ -24,6 +31,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -41,7 +49,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Notice:
     """What the observer saw, for the master. Kinds:
-    arrived, settle, created, deleted (a photo); new-dir, dir-moved, dir-deleted (a folder)."""
+    arrived, settle, created, deleted, attrib (a photo); new-dir, dir-moved, dir-deleted (a folder)."""
 
     kind: str
     path: str
@@ -53,9 +61,18 @@ class Notice:
 
 
 # What the handler acts on under inotify. Passed as the watch's event filter, it also narrows
-# the kernel's inotify mask: without it every write() of a copy in progress (IN_MODIFY) and
-# every worker opening a photo (IN_OPEN, IN_CLOSE_NOWRITE) wakes the master's observer thread.
-INOTIFY_EVENTS = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, FileCreatedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+# the kernel's inotify mask: without it every worker opening a photo (IN_OPEN, IN_CLOSE_NOWRITE)
+# wakes the master's observer thread. watchdog 7.1 reports IN_ATTRIB as FileAttribEvent, but
+# asks the kernel for IN_ATTRIB only when FileModifiedEvent is in the filter (with IN_MODIFY:
+# there is no way to have one without the other), so both are here; IN_MODIFY is what tells a
+# write in progress anyway. Each write() of a copy then wakes the observer thread (the kernel
+# merges repeats not yet read), not the master: the handler tells it once per write.
+INOTIFY_EVENTS = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, FileCreatedEvent, FileModifiedEvent, FileAttribEvent,
+                  DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+
+# Photos written to and not yet closed, at most: beyond (events lost, a close never seen), every
+# close counts as a write again and no attribute change is trusted, as before this was known.
+MAX_WRITING = 65_536
 
 
 class PhotoEventHandler(FileSystemEventHandler):
@@ -63,6 +80,7 @@ class PhotoEventHandler(FileSystemEventHandler):
         self.rules = rules  # read at every event, so a reload needs no access to the observer's handlers
         self.notify = notify
         self.polling = polling
+        self.writing: set[str] = set()  # written to since last closed (inotify; the observer thread only)
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
@@ -72,12 +90,24 @@ class PhotoEventHandler(FileSystemEventHandler):
             logger.exception("event handler failed on %r", event)
 
     def classify(self, event: FileSystemEvent) -> None:
-        rules = self.rules()
         src = _text(event.src_path)
-        if isinstance(event, FileClosedEvent):
-            self._arrived(rules, src)
+        if isinstance(event, FileModifiedEvent) and not self.polling:
+            if src not in self.writing and len(self.writing) < MAX_WRITING and self.rules().wants(src):
+                self.writing.add(src)  # every write() of a copy comes here: the cheap test first
+            return
+        rules = self.rules()
+        if isinstance(event, FileAttribEvent):
+            if not self.polling and src not in self.writing and len(self.writing) < MAX_WRITING and rules.wants(src):
+                self.notify(Notice("attrib", src))
+        elif isinstance(event, FileClosedEvent):
+            if self.polling or src in self.writing or len(self.writing) >= MAX_WRITING:
+                self.writing.discard(src)
+                self._arrived(rules, src)
+            elif rules.wants(src):
+                self.notify(Notice("attrib", src))  # opened for writing, nothing written (touch -a)
         elif isinstance(event, FileMovedEvent):
             dest = _text(event.dest_path)
+            self.writing.discard(src)
             if src and rules.wants(src):
                 self.notify(Notice("deleted", src))
             if dest:
@@ -91,6 +121,7 @@ class PhotoEventHandler(FileSystemEventHandler):
             if self.polling and rules.wants(src):
                 self.notify(Notice("settle", src))
         elif isinstance(event, FileDeletedEvent):
+            self.writing.discard(src)
             if rules.wants(src):
                 self.notify(Notice("deleted", src))
         elif isinstance(event, DirCreatedEvent):

@@ -92,6 +92,14 @@ class ScanReport:
     orphans: int = 0
     seconds: float = 0.0
 
+    def log(self) -> None:
+        """One line per walk: INFO for the catch-up and for walks that found work, else DEBUG."""
+        level = logging.INFO if self.what == "catch-up" or self.queued else logging.DEBUG
+        logger.log(level, "%s done: found=%d queued=%d skipped=%d failed_before=%d settling=%d in %.2f s",
+                   self.what, self.found, self.queued, self.skipped, self.known_failed, self.settling, self.seconds)
+        if self.orphans:
+            logger.info("removed %d thumbnail(s) whose photo is gone", self.orphans)
+
 
 class Scanner(threading.Thread):
     """Runs scan requests in order on its own thread; calls `done(report)` after each.

@@ -20,7 +20,7 @@ from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from . import __version__, config as config_mod, logsetup
+from . import config as config_mod, logsetup
 from .admission import Admission
 from .backends import make_executor
 from .config import EX_CONFIG, Config, ConfigError
@@ -40,6 +40,33 @@ from .watching import Watching
 logger = logging.getLogger("watcher")
 
 PERIODIC = 0.5  # seconds between housekeeping passes
+# Notices about one photo, and what admission hears of them; the rest are about folders.
+PHOTO_NOTICES = {"arrived": "arrived", "settle": "settle", "created": "created", "attrib": "attributes_changed", "deleted": "deleted"}
+
+
+class WakePipe:
+    """A self-pipe: wake() from any thread (or the kernel, for a signal: set_wakeup_fd) makes
+    the loop's wait() return; clear() empties it once the loop is awake."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except BlockingIOError:
+            pass  # already awake
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
 
 
 class Service:
@@ -54,7 +81,8 @@ class Service:
         self.clock = clock
         self.rules = PathRules(config)
         self.settings = RenderSettings(config.output, config.limits.max_pixels)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pipe = WakePipe()
+        self.wake = self.pipe.wake
         self.failures = FailureStore(config.state.dir)
         self.stats = Stats()
         self.roots = RootMonitor(self.rules.roots, config.state.dir, create=config.watch.create)
@@ -80,12 +108,6 @@ class Service:
 
     # ---- plumbing -------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"\0")
-        except BlockingIOError:
-            pass  # already awake
-
     def notice(self, notice: Notice) -> None:
         """From the observer and scanner threads: one ordered channel to the loop."""
         self.notices.append(notice)
@@ -96,7 +118,7 @@ class Service:
         self.signals.append(signum)
 
     def install_signal_handlers(self) -> None:
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.pipe.w, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
             signal.signal(sig, self.on_signal)
 
@@ -108,13 +130,7 @@ class Service:
 
     def start(self) -> None:
         cfg = self.config
-        sizes = ", ".join(f"{s.name}:{s.width or '-'}x{s.height or '-'}/{s.mode}/{s.format}" for s in cfg.output.sizes)
-        if cfg.output.style == "freedesktop":
-            sizes = "freedesktop normal/large/x-large/xx-large"
-        logger.info(
-            "thumbwatch %s starting: folders=%s workers=%d sizes=[%s] observer=%s state=%s pid=%d",
-            __version__, ",".join(str(p) for p in cfg.watch.paths), cfg.workers.count, sizes, cfg.watch.observer, cfg.state.dir, os.getpid(),
-        )
+        self.status.log_starting()
         if os.geteuid() == 0:
             logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
@@ -188,13 +204,9 @@ class Service:
 
     def _wait_and_collect(self, timeout: float) -> None:
         """The part of a turn that goes on while draining: wait, act on signals, take outcomes in."""
-        ready = wait(self.executor.waitables() + [self.wake_r], timeout)
-        if self.wake_r in ready:
-            try:
-                while os.read(self.wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        ready = wait(self.executor.waitables() + [self.pipe.r], timeout)
+        if self.pipe.r in ready:
+            self.pipe.clear()
         self._handle_signals()
         for outcome in self.executor.collect(ready, self.clock()):
             self.admission.on_outcome(outcome)
@@ -231,19 +243,10 @@ class Service:
             notice = self.notices.popleft()
             if debug:
                 logger.debug("notice: %s %s%s", notice.kind, shown(notice.path), f" -> {shown(notice.dest)}" if notice.dest else "")
+            if notice.kind in PHOTO_NOTICES:
+                getattr(admission, PHOTO_NOTICES[notice.kind])(notice.path)
+                continue
             match notice.kind:
-                case "arrived":
-                    admission.arrived(notice.path)
-                case "settle":
-                    admission.settle(notice.path)
-                case "created":
-                    admission.created(notice.path)
-                case "writing":
-                    admission.writing(notice.path)
-                case "attrib":
-                    admission.attributes_changed(notice.path)
-                case "deleted":
-                    admission.deleted(notice.path)
                 case "new-dir":
                     if not notice.polled:
                         self.rescan("new folder", (notice.path,))
@@ -272,15 +275,9 @@ class Service:
             self.resync.add(root)
 
     def _scan_done(self, report: ScanReport) -> None:
-        text = "%s done: found=%d queued=%d skipped=%d failed_before=%d settling=%d in %.2f s"
-        args = (report.what, report.found, report.queued, report.skipped, report.known_failed, report.settling, report.seconds)
+        report.log()
         if report.what == "catch-up":
-            logger.info(text, *args)
             self.catchup_done.set()
-        else:
-            logger.log(logging.INFO if report.queued else logging.DEBUG, text, *args)
-        if report.orphans:
-            logger.info("removed %d thumbnail(s) whose photo is gone", report.orphans)
         self.wake()
 
     # ---- watched roots that go and come back (roots.py) ------------------------------------
@@ -315,7 +312,7 @@ class Service:
         self.status.progress(now)
         if self.status.due(now):
             self.status.write(self.control.state())
-            self._save_failures()
+            self.failures.save_or_log()
         interval_wd = self.notifier.watchdog_interval()
         if interval_wd and now - self._last_watchdog >= interval_wd:
             # Sent from the loop that just reaped workers and checked the observers: proof of health.
@@ -325,20 +322,8 @@ class Service:
             self.stopping = True
 
     def _all_done(self) -> bool:
-        return (
-            self.catchup_done.is_set()
-            and self.scanner is not None
-            and self.scanner.idle()
-            and not self.notices
-            and self.admission.idle()
-            and self.executor.in_flight() == 0
-        )
-
-    def _save_failures(self) -> None:
-        try:
-            self.failures.save()
-        except OSError as err:
-            logger.error("cannot save failure records: %s", err)
+        scanned = self.catchup_done.is_set() and self.scanner is not None and self.scanner.idle()
+        return scanned and not self.notices and self.admission.idle() and self.executor.in_flight() == 0
 
     # ---- reload ---------------------------------------------------------------------------
 
@@ -351,7 +336,7 @@ class Service:
             logsetup.reopen()
             self.notifier.ready(self.status.line())
             return
-        changes = _diff(self.config.effective(), new.effective())
+        changes, restart_needed = config_mod.changes(self.config, new)
         logsetup.configure(new.log)
         logsetup.reopen()
         self.config = new
@@ -365,23 +350,13 @@ class Service:
             self.watching.update(new, self.rules)
         self.executor.set_limits(memory_mb=new.limits.worker_memory_mb, photo_timeout=new.limits.photo_timeout)
         self.executor.resize(new.workers.count)
-        self._reload_failures()
-        restart_needed = [c for c in changes if c.startswith(("state.", "watch.observer", "metrics.", "workers.backend", "celery."))]
+        self.admission.failures_reloaded()
         if restart_needed:
             logger.warning("these changes take effect at the next restart: %s", "; ".join(restart_needed))
         logger.info("reloaded %s: %s", new.source, "; ".join(changes) if changes else "nothing changed")
         self.rescan("reload rescan", self.rules.roots)
         self.status.write(self.control.state(), force=True)
         self.notifier.ready(self.status.line())
-
-    def _reload_failures(self) -> None:
-        """`thumbwatch retry` may have cleared records on disk (records not yet saved stay):
-        those photos go to the live lane, ahead of the reload's rescan."""
-        before = {path for path, _failure in self.failures.items()}
-        self.failures.merge_from_disk()
-        for path in sorted(before - {path for path, _failure in self.failures.items()}):
-            if self.rules.wants(path):
-                self.admission.retry_now(path)
 
     # ---- stop -----------------------------------------------------------------------------
 
@@ -410,21 +385,8 @@ class Service:
             self.executor.stop_now()
         if self.scanner is not None:
             self.scanner.join(5)
-        self._save_failures()
+        self.failures.save_or_log()
         self.status.write("stopped", force=True)
-        logger.info(
-            "stopped: done=%d failed=%d skipped=%d retried=%d uptime=%.0f s",
-            self.stats.done, self.stats.failed, self.stats.skipped, self.stats.retried, time.time() - self.stats.started,
-        )
+        self.status.log_stopped()
         return self.exit_code
 
-
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes.extend(_diff(a, b, f"{prefix}{key}."))
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes

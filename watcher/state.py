@@ -213,6 +213,13 @@ class FailureStore:
         self._saved = dict(self._items)
         self._dirty = False
 
+    def save_or_log(self) -> None:
+        """save(), for the daemon: a state folder gone read-only is an ERROR line, not a crash."""
+        try:
+            self.save()
+        except OSError as err:
+            logger.error("cannot save failure records: %s", err)
+
 
 # The status file: what `thumbwatch status` shows, with the types it shows them as.
 _STATUS_FIELDS = {

@@ -126,6 +126,21 @@ class Status:
             "failure_records": len(self.failures),
         }
 
+    def log_starting(self) -> None:
+        cfg = self.config
+        sizes = ", ".join(f"{s.name}:{s.width or '-'}x{s.height or '-'}/{s.mode}/{s.format}" for s in cfg.output.sizes)
+        if cfg.output.style == "freedesktop":
+            sizes = "freedesktop normal/large/x-large/xx-large"
+        logger.info(
+            "thumbwatch %s starting: folders=%s workers=%d sizes=[%s] observer=%s state=%s pid=%d",
+            __version__, ",".join(str(p) for p in cfg.watch.paths), cfg.workers.count, sizes, cfg.watch.observer, cfg.state.dir, os.getpid(),
+        )
+
+    def log_stopped(self) -> None:
+        stats = self.stats
+        logger.info("stopped: done=%d failed=%d skipped=%d retried=%d uptime=%.0f s",
+                    stats.done, stats.failed, stats.skipped, stats.retried, time.time() - stats.started)
+
     def due(self, now: float) -> bool:
         return now - self.last_written >= STATUS_EVERY
 
