@@ -183,9 +183,10 @@ class Service:
             deadline = self.executor.next_deadline()
             if deadline is not None:  # wake exactly when the oldest photo in hand runs out of time
                 timeout = max(0.0, min(timeout, deadline - self.clock()))
-        self._wait_and_collect(timeout)
+        ready = self._wait(timeout)
         if self.stopping:
-            return
+            return  # what is ready now is collected by drain()
+        self._collect(ready)
         self._handle_notices()
         now = self.clock()
         if now - self._last_periodic >= PERIODIC:
@@ -202,12 +203,15 @@ class Service:
                 return
             self.executor.submit(job, self.settings)
 
-    def _wait_and_collect(self, timeout: float) -> None:
-        """The part of a turn that goes on while draining: wait, act on signals, take outcomes in."""
+    def _wait(self, timeout: float) -> list:
+        """Wait for the executor, a notice or a signal; act on signals. Also drain()'s turn."""
         ready = wait(self.executor.waitables() + [self.pipe.r], timeout)
         if self.pipe.r in ready:
             self.pipe.clear()
         self._handle_signals()
+        return ready
+
+    def _collect(self, ready: list) -> None:
         for outcome in self.executor.collect(ready, self.clock()):
             self.admission.on_outcome(outcome)
 
@@ -376,7 +380,7 @@ class Service:
         deadline = self.clock() + self.config.workers.drain_timeout
         try:
             while not self.executor.finished() and self.clock() < deadline and not self.forced:
-                self._wait_and_collect(0.5)
+                self._collect(self._wait(0.5))
         except Exception:
             logger.exception("bug while draining (please report it); stopping at once")
         if not self.executor.finished():
