@@ -272,8 +272,7 @@ class Service:
                         admission.folder_gone(notice.path)
 
     def _resync_later(self, folder: str) -> None:
-        """A folder left the tree: the inotify watches of its root need renewing (see
-        Watching.resync), at the next housekeeping pass."""
+        """A folder left the tree: its root's inotify watches are renewed next pass (Watching.resync)."""
         root = self.rules.root_of(folder)
         if root is not None and not self.one_shot:
             self.resync.add(root)
