@@ -131,8 +131,6 @@ class Service:
     def start(self) -> None:
         cfg = self.config
         self.status.log_starting()
-        if os.geteuid() == 0:
-            logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
         cfg.state.dir.mkdir(parents=True, exist_ok=True)
         self.failures.load()
         self.roots.start()  # creates only roots never seen before (watch.create); says which are unavailable

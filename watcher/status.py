@@ -135,6 +135,8 @@ class Status:
             "thumbwatch %s starting: folders=%s workers=%d sizes=[%s] observer=%s state=%s pid=%d",
             __version__, ",".join(str(p) for p in cfg.watch.paths), cfg.workers.count, sizes, cfg.watch.observer, cfg.state.dir, os.getpid(),
         )
+        if os.geteuid() == 0:
+            logger.warning("running as root: run unprivileged instead (the shipped units run as User=thumbwatch; see the README's Installing)")
 
     def log_stopped(self) -> None:
         stats = self.stats
