@@ -81,6 +81,7 @@ class PhotoEventHandler(FileSystemEventHandler):
         self.notify = notify
         self.polling = polling
         self.writing: set[str] = set()  # written to since last closed (inotify; the observer thread only)
+        self.last_written = ""  # the file of the last IN_MODIFY, until another event comes
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
@@ -92,9 +93,13 @@ class PhotoEventHandler(FileSystemEventHandler):
     def classify(self, event: FileSystemEvent) -> None:
         src = _text(event.src_path)
         if isinstance(event, FileModifiedEvent) and not self.polling:
-            if src not in self.writing and len(self.writing) < MAX_WRITING and self.rules().wants(src):
-                self.writing.add(src)  # every write() of a copy comes here: the cheap test first
+            # every write() of a copy comes here: a run of them for one file costs one comparison
+            if src != self.last_written:
+                self.last_written = src
+                if src not in self.writing and len(self.writing) < MAX_WRITING and self.rules().wants(src):
+                    self.writing.add(src)
             return
+        self.last_written = ""  # a close, attribute change or rename ends the run
         rules = self.rules()
         if isinstance(event, FileAttribEvent):
             if not self.polling and src not in self.writing and len(self.writing) < MAX_WRITING and rules.wants(src):
