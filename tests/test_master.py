@@ -540,6 +540,9 @@ def test_an_attribute_change_restamps_the_thumbnails_without_a_render(master, tm
     assert not master.admission.fresh(os.stat(a), master.rules.targets(a)), "the freshness rule sees the new ctime"
     master.notices.append(Notice("attrib", a))
     step(master)
+    step(master, 1.0)
+    assert master.stats.restamped == 0, "not at once: an event for a write right after may be on its way"
+    step(master, 1.5)
     assert taken(master) == [] and master.stats.restamped == 1
     assert master.admission.fresh(os.stat(a), master.rules.targets(a))
     after = os.stat(thumb)
@@ -559,6 +562,24 @@ def test_an_attribute_change_of_a_photo_in_hand_looks_again_after_its_render(mas
     os.utime(a, ns=(1, 1))  # the render read what the attribute change left behind: stale now
     step(master)
     assert taken(master) == [a], "looked at again once the render was in"
+
+
+def test_a_same_mtime_rewrite_right_after_an_attribute_change_is_rendered_not_restamped(master, tmp_path):
+    """chmod, then cp -p of another picture of the same size and mtime into the same file: by the
+    time the master reads the chmod's notice the rewrite may be on disk already, its own notice
+    still on the way. The re-stamp waits, and the rewrite's arrival cancels it."""
+    a = rendered(master, "a.jpg")
+    after_ctime_of(master.rules.targets(a)[0].path, tmp_path)
+    os.chmod(a, 0o640)
+    st = os.stat(a)
+    with open(a, "r+b") as f:  # another picture, same size, in place
+        f.write(b"\xff\xd8\xff\xe0" + os.urandom(64))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    master.notices.append(Notice("attrib", a))
+    step(master)
+    master.notices.append(Notice("arrived", a))  # the rewrite's close-write, read a moment later
+    step(master, 2.5)
+    assert master.stats.restamped == 0 and taken(master) == [a]
 
 
 def test_an_attribute_change_that_moved_the_mtime_renders(master):

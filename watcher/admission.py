@@ -8,6 +8,7 @@ place at a time, and `where(path)` says which:
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still, or,
              for a file just created, once it is closed after writing, whichever comes first
+             (settling.py)
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
@@ -35,8 +36,9 @@ from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Render
 from .jobs import JobQueue
 from .paths import PathRules, Target, shown
 from .state import FailureStore
+from .settling import Restamps, Settler
 from .status import Stats
-from .thumbtree import fresh, move_folder_thumbnails, remove_folder_thumbnails, remove_thumbnails, restamp
+from .thumbtree import carries_mtime, fresh, move_folder_thumbnails, remove_folder_thumbnails, remove_thumbnails, restamp
 
 logger = logging.getLogger("watcher")
 
@@ -70,60 +72,6 @@ class OutputBlock:
             return False
         self.reason, self.errno = reason, err_no
         return True
-
-
-@dataclass
-class Settling:
-    size: int
-    mtime_ns: int
-    since: float
-    until_closed: bool = False  # just created: its close-write ends the wait (holding still is the fallback)
-
-
-class Settler:
-    """The photos that may still be being written, each with the size and mtime it had when its
-    quiet time began. Says when one holds still; what happens then is admission's business."""
-
-    def __init__(self, clock: Callable[[], float]):
-        self.clock = clock
-        self.files: dict[str, Settling] = {}
-
-    def __contains__(self, path: str) -> bool:
-        return path in self.files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def wait(self, path: str, st: os.stat_result, *, until_closed: bool = False) -> None:
-        self.files[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed)
-
-    def discard(self, path: str) -> None:
-        self.files.pop(path, None)
-
-    def closed(self, path: str) -> bool:
-        """Closed after writing: True unless it is one suspected of being written in bursts,
-        which waits until it holds still."""
-        waiting = self.files.get(path)
-        if waiting is not None:
-            if not waiting.until_closed:
-                return False
-            del self.files[path]
-        return True
-
-    def still(self, quiet: float) -> list[tuple[str, os.stat_result]]:
-        """The files whose size and mtime have held still for `quiet` seconds, with their stat.
-        Those gone are dropped; those that changed start their quiet time again."""
-        now = self.clock()
-        still = []
-        for path, seen in list(self.files.items()):
-            st = _stat(path)
-            if st is None:
-                del self.files[path]
-            elif (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                self.files[path] = replace(seen, size=st.st_size, mtime_ns=st.st_mtime_ns, since=now)
-            elif now - seen.since >= quiet:
-                still.append((path, st))
-        return still
 
 
 class InFlight:
@@ -180,6 +128,7 @@ class Admission:
         self.queue = JobQueue(config.workers.queue_size, wake, root_of=lambda path: self.rules.root_of(path))  # fair by top-level folder
         self.held: deque[Job] = deque()
         self.settling = Settler(clock)
+        self.restamps = Restamps(clock)
         self.in_flight = InFlight()
         self.block: OutputBlock | None = None
         self._ids = itertools.count(1)
@@ -206,7 +155,7 @@ class Admission:
         return len(self.queue) + len(self.held)
 
     def idle(self) -> bool:
-        return not (self.queue or self.held or self.settling or self.in_flight)
+        return not (self.queue or self.held or self.settling or self.in_flight or self.restamps)
 
     # ---- the verdict ---------------------------------------------------------------------------
 
@@ -227,6 +176,7 @@ class Admission:
 
     def arrived(self, path: str) -> None:
         """Closed after writing, or moved in (the observer; master thread)."""
+        self.restamps.cancel(path)
         if not self.settling.closed(path):
             return  # suspected of being written in bursts: queued once it holds still
         if not self.queue.offer(path):
@@ -247,6 +197,7 @@ class Admission:
 
     def settle(self, path: str) -> None:
         """Queue it once its size and mtime have held still for watch.settle_seconds."""
+        self.restamps.cancel(path)
         if path not in self.settling and not self.queue.lane_of(path) and (st := _stat(path)) is not None:
             self.settling.wait(path, st)  # (once queued, a close-write said it is complete)
 
@@ -255,6 +206,7 @@ class Admission:
         being written and its close-write will queue it; should none come, the settler does. That
         covers the hard link whose other name was removed before we looked (`ln staged x.jpg;
         rm staged`), which looks like a new file but will never be closed after writing."""
+        self.restamps.cancel(path)
         if path in self.settling or self.queue.lane_of(path) or (st := _stat(path)) is None:
             return
         if st.st_nlink > 1 and st.st_size > 0:
@@ -265,21 +217,33 @@ class Admission:
     def attributes_changed(self, path: str) -> None:
         """Only its attributes changed, as far as the events tell: owner, mode, ACLs, xattrs or
         atime, with no write since it was last closed (events.py). Thumbnails that carry the
-        photo's mtime showed this content before and still do: re-stamped, not rendered. Anything
-        else (a `touch` moved the mtime, a photo in hand or waiting) goes on as after a close-write."""
+        photo's mtime showed this content before and still do: re-stamped, not rendered, once no
+        other event came for RESTAMP_AFTER s (settling.py). Anything else (a `touch` moved the
+        mtime, a photo in hand or waiting) goes on as after a close-write."""
         if self.where(path) is None and (st := _stat(path)) is not None and self.rules.photo_followable(path):
             targets = self.rules.targets(path)
             if self.failures.known(path, st) or fresh(st, targets):
                 return
-            if restamp(st, targets):
-                self.stats.restamped += 1
-                logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
+            if carries_mtime(st, targets):
+                self.restamps.wait(path, st)
                 return
         self.arrived(path)
+
+    def _restamp_due(self) -> None:
+        for path, ctime_ns in self.restamps.due():
+            st = _stat(path)
+            if self.where(path) is not None or st is None:
+                continue
+            if st.st_ctime_ns == ctime_ns and restamp(st, self.rules.targets(path)):
+                self.stats.restamped += 1
+                logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
+            else:
+                self.arrived(path)  # changed again meanwhile: the verdict decides
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under
         this name (an editor's save, a tar x, cp --remove-destination) keeps its queued job."""
+        self.restamps.cancel(path)
         if os.path.lexists(path):
             self.arrived(path)
             return
@@ -449,7 +413,9 @@ class Admission:
     # ---- time passing -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Queue the paths whose size and mtime have held still for settle_seconds."""
+        """Queue the paths whose size and mtime have held still for settle_seconds; re-stamp
+        those whose attributes alone changed and that stayed quiet since."""
+        self._restamp_due()
         for path, st in self.settling.still(self.config.watch.settle_seconds):
             if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)) or self.queue.offer(path):
                 self.settling.discard(path)

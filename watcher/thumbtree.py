@@ -9,6 +9,7 @@ renamed keeps its photos' ctimes, so its moved thumbnails stay.
 
 The operations, by who needs them:
   fresh(st, targets)                 everyone: are these thumbnails the photo's?
+  carries_mtime(st, targets)         do the thumbnails carry this photo version's mtime?
   restamp(st, targets)               the photo's attributes changed, not its content: fresh again
   remove_thumbnails(targets)         a photo deleted, or failed (its old thumbnail would lie)
   move_folder_thumbnails(rules, ...) a folder renamed inside the tree: its thumbnails go along
@@ -94,26 +95,32 @@ def _step(st: os.stat_result, thumb: os.stat_result, path: str) -> int:
     return 1 if thumb.st_mtime_ns == st.st_mtime_ns else GRANULARITY.of(os.path.dirname(path), thumb.st_dev)
 
 
-def restamp(st: os.stat_result, targets: Sequence[Target]) -> bool:
-    """After a change of the photo's attributes alone (owner, mode, ACLs, xattrs, atime, link
-    count: its ctime moved, its content did not), make thumbnails that carry the photo's mtime
-    fresh again by touching their ctime (a utime to the times they have), without decoding.
-    True when the thumbnails are fresh now. Only for a photo known to have had no write since
-    its thumbnails were made: whoever calls this knows that from the events (see admission)."""
-    if fresh(st, targets):
-        return True
-    stamped = []
+def carries_mtime(st: os.stat_result, targets: Sequence[Target]) -> bool:
+    """Does every thumbnail exist and carry the mtime of the photo whose stat is `st`?"""
     for target in targets:
         try:
             thumb = os.stat(target.path)
         except OSError:
             return False
         if abs(thumb.st_mtime_ns - st.st_mtime_ns) >= _step(st, thumb, target.path):
-            return False  # not this version's thumbnail
-        stamped.append((target.path, thumb))
-    for path, thumb in stamped:
+            return False
+    return bool(targets)
+
+
+def restamp(st: os.stat_result, targets: Sequence[Target]) -> bool:
+    """After a change of the photo's attributes alone (owner, mode, ACLs, xattrs, atime: its
+    ctime moved, its content did not), make thumbnails that carry the photo's mtime fresh again
+    by touching their ctime (a utime to the times they have), without decoding. True when the
+    thumbnails are fresh now. Only for a photo known to have had no write since its thumbnails
+    were made: whoever calls this knows that from the events (see admission)."""
+    if fresh(st, targets):
+        return True
+    if not carries_mtime(st, targets):
+        return False
+    for target in targets:
         try:
-            os.utime(path, ns=(thumb.st_atime_ns, thumb.st_mtime_ns))
+            thumb = os.stat(target.path)
+            os.utime(target.path, ns=(thumb.st_atime_ns, thumb.st_mtime_ns))
         except OSError:
             return False
     return fresh(st, targets)
