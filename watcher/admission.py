@@ -215,11 +215,10 @@ class Admission:
             self.settling.wait(path, st, until_closed=True)
 
     def attributes_changed(self, path: str) -> None:
-        """Only its attributes changed, as far as the events tell: owner, mode, ACLs, xattrs or
-        atime, with no write since it was last closed (events.py). Thumbnails that carry the
-        photo's mtime showed this content before and still do: re-stamped, not rendered, once no
-        other event came for RESTAMP_AFTER s (settling.py). Anything else (a `touch` moved the
-        mtime, a photo in hand or waiting) goes on as after a close-write."""
+        """Only its attributes changed, as far as the events tell (events.py): thumbnails that
+        carry the photo's mtime showed this content and still do, and are re-stamped once no other
+        event came for RESTAMP_AFTER s (settling.py). Anything else (a `touch` moved the mtime, a
+        photo in hand or waiting) goes on as after a close-write."""
         if self.where(path) is None and (st := _stat(path)) is not None and self.rules.photo_followable(path):
             targets = self.rules.targets(path)
             if self.failures.known(path, st) or fresh(st, targets):
@@ -231,8 +230,7 @@ class Admission:
 
     def _restamp_due(self) -> None:
         for path, ctime_ns in self.restamps.due():
-            st = _stat(path)
-            if self.where(path) is not None or st is None:
+            if self.where(path) is not None or (st := _stat(path)) is None:
                 continue
             if st.st_ctime_ns == ctime_ns and restamp(st, self.rules.targets(path)):
                 self.stats.restamped += 1
