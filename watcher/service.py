@@ -1,12 +1,13 @@
 """The supervisor: start order, the step() loop, signals, reload, drain.
 
 What to render is admission's business (admission.py), rendering is the executor's (built by
-backends.make_executor), the thumbnail tree is thumbtree's and what the daemon says about itself
-is status's; this module only runs the loop that connects them. Start order: state → executor (workers spawned before any thread of ours) → observers →
-ready → catch-up scan. Signal handlers only record the signal; step() reads it and calls the
-one handler for that signal. step() waits on the executor's waitables and a wake-up pipe, so
-an idle daemon sleeps in select(). Whatever goes wrong in the loop, drain() still runs: the
-photos in hand finish and the failure records are saved before the process exits.
+backends.make_executor), the thumbnail tree is thumbtree's and what the daemon says about
+itself is status's; this module only runs the loop that connects them. Start order: state →
+executor (workers spawned before any thread of ours) → observers → ready → catch-up scan.
+Signal handlers only record the signal; step() reads it and calls the one handler for that
+signal. step() waits on the executor's waitables and a wake-up pipe, so an idle daemon sleeps
+in select(). Whatever goes wrong in the loop, drain() still runs: the photos in hand finish
+and the failure records are saved before the process exits.
 """
 
 from __future__ import annotations
