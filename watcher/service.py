@@ -47,7 +47,7 @@ PHOTO_NOTICES = {"arrived": "arrived", "settle": "settle", "created": "created",
 
 class WakePipe:
     """A self-pipe: wake() from any thread (or the kernel, for a signal: set_wakeup_fd) makes
-    the loop's wait() return; clear() empties it once the loop is awake."""
+    the loop's wait() return; drain() empties it once the loop is awake."""
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -58,7 +58,7 @@ class WakePipe:
         except BlockingIOError:
             pass  # already awake
 
-    def clear(self) -> None:
+    def drain(self) -> None:
         try:
             while os.read(self.r, 4096):
                 pass
@@ -206,7 +206,7 @@ class Service:
         """Wait for the executor, a notice or a signal; act on signals. Also drain()'s turn."""
         ready = wait(self.executor.waitables() + [self.pipe.r], timeout)
         if self.pipe.r in ready:
-            self.pipe.clear()
+            self.pipe.drain()
         self._handle_signals()
         return ready
 
