@@ -151,8 +151,7 @@ class Admission:
         return None
 
     def waiting(self) -> int:
-        """Photos not yet handed to the executor."""
-        return len(self.queue) + len(self.held)
+        return len(self.queue) + len(self.held)  # photos not yet handed to the executor
 
     def idle(self) -> bool:
         return not (self.queue or self.held or self.settling or self.in_flight or self.restamps)
@@ -169,8 +168,7 @@ class Admission:
             return SETTLE  # possibly still being written
         return RENDER
 
-    def fresh(self, st: os.stat_result, targets: tuple[Target, ...]) -> bool:
-        return fresh(st, targets)
+    fresh = staticmethod(fresh)  # thumbtree's rule, for the scanner and the tests
 
     # ---- what producers say -----------------------------------------------------------------
 
@@ -230,13 +228,12 @@ class Admission:
 
     def _restamp_due(self) -> None:
         for path, ctime_ns in self.restamps.due():
-            if self.where(path) is not None or (st := _stat(path)) is None:
-                continue
-            if st.st_ctime_ns == ctime_ns and restamp(st, self.rules.targets(path)):
-                self.stats.restamped += 1
-                logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
-            else:
-                self.arrived(path)  # changed again meanwhile: the verdict decides
+            if self.where(path) is None and (st := _stat(path)) is not None:
+                if st.st_ctime_ns == ctime_ns and restamp(st, self.rules.targets(path)):
+                    self.stats.restamped += 1
+                    logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
+                else:
+                    self.arrived(path)  # changed again meanwhile: the verdict decides
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under

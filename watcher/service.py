@@ -2,7 +2,8 @@
 
 What to render is admission's business (admission.py), rendering is the executor's (built by
 backends.make_executor), the thumbnail tree is thumbtree's and what the daemon says about
-itself is status's; this module only runs the loop that connects them. Start order: state →
+itself is status's; this module runs the loop that connects them, and keeps the watched folders
+(Folders: folder notices, roots that go and come back) in step with the observers. Start order: state →
 executor (workers spawned before any thread of ours) → observers → ready → catch-up scan.
 Signal handlers only record the signal; step() reads it and calls the one handler for that
 signal. step() waits on the executor's waitables and a wake-up pipe, so an idle daemon sleeps
@@ -18,6 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -70,6 +72,64 @@ class WakePipe:
         os.close(self.w)
 
 
+class Folders:
+    """The loop's upkeep of the watched folders: notices about folders (a new one is walked; one
+    renamed or gone goes to admission and has its root's inotify watches renewed), and watched
+    roots that go and come back (roots.py), kept in step with the observers (watching.py)."""
+
+    def __init__(self, rules: PathRules, *, admission: Admission, watching: Watching, roots: RootMonitor,
+                 rescan: Callable[[str, tuple[str, ...]], None], status: Status, one_shot: bool):
+        self.rules = rules  # replaced on a reload
+        self.admission, self.watching, self.roots, self.status = admission, watching, roots, status
+        self.rescan = rescan
+        self.one_shot = one_shot
+        self.resync: set[str] = set()  # watched folders whose inotify watches went stale
+
+    def notice(self, notice: Notice) -> None:
+        match notice.kind:
+            case "new-dir":
+                if not notice.polled:
+                    self.rescan("new folder", (notice.path,))
+            case "link":
+                if not notice.polled and os.path.isdir(notice.path) and self.rules.followable(notice.path):
+                    self.rescan("new folder", (notice.path,))
+            case "dir-moved":
+                if self.admission.folder_moved(notice.path, notice.dest):
+                    if not notice.polled:  # a poll names every photo of it; a walk would find states it never saw
+                        self.rescan("new folder", (notice.dest,))
+                else:
+                    self._resync_later(notice.path)
+            case "dir-deleted":
+                if notice.path in self.rules.roots:
+                    self.check_roots((notice.path,))
+                    self.watching.check()
+                else:
+                    self._resync_later(notice.path)
+                    self.admission.folder_gone(notice.path)
+
+    def _resync_later(self, folder: str) -> None:
+        """A folder left the tree: its root's inotify watches are renewed next pass (Watching.resync)."""
+        root = self.rules.root_of(folder)
+        if root is not None and not self.one_shot:
+            self.resync.add(root)
+
+    def tick(self) -> None:
+        self.check_roots()  # a few stats per root (roots.py): before the watcher's own check, which trusts it
+        while self.resync:
+            self.watching.resync(self.resync.pop())
+
+    def check_roots(self, roots: tuple[str, ...] | None = None) -> None:
+        for root in roots or self.rules.roots:
+            self.roots.check(root)
+        for root, why in self.roots.changes():
+            if why is not None and not self.one_shot:
+                # its watches are of a file system no longer there (or of the folder beneath it):
+                # Watching.check() watches it afresh and catches up once it is back
+                self.watching.unwatch(root)
+                self.watching.missing.add(root)
+            self.status.write("running")
+
+
 class Service:
     SIGNALS = {signal.SIGTERM: "handle_term", signal.SIGINT: "handle_int", signal.SIGHUP: "handle_hup"}
 
@@ -91,7 +151,6 @@ class Service:
                                    present=self.roots.present)
         self.executor = executor or make_executor(config)
         self.notices: deque[Notice] = deque()
-        self.resync: set[str] = set()  # watched folders whose inotify watches went stale
         self.signals: deque[int] = deque()
         self.stopping = False
         self.forced = False
@@ -102,6 +161,8 @@ class Service:
         self.status = Status(config, self.rules, stats=self.stats, admission=self.admission, executor=self.executor,
                              watching=self.watching, failures=self.failures, notifier=self.notifier, clock=clock,
                              roots=self.roots)
+        self.folders = Folders(self.rules, admission=self.admission, watching=self.watching, roots=self.roots,
+                               rescan=self.rescan, status=self.status, one_shot=one_shot)
         self.control = Control(self)  # the admins' socket: commands answered in step(), pause (control.py)
         self._last_periodic = 0.0
         self._last_watchdog = 0.0
@@ -248,33 +309,8 @@ class Service:
                 logger.debug("notice: %s %s%s", notice.kind, shown(notice.path), f" -> {shown(notice.dest)}" if notice.dest else "")
             if notice.kind in PHOTO_NOTICES:
                 getattr(admission, PHOTO_NOTICES[notice.kind])(notice.path)
-                continue
-            match notice.kind:
-                case "new-dir":
-                    if not notice.polled:
-                        self.rescan("new folder", (notice.path,))
-                case "link":
-                    if not notice.polled and os.path.isdir(notice.path) and self.rules.followable(notice.path):
-                        self.rescan("new folder", (notice.path,))
-                case "dir-moved":
-                    if admission.folder_moved(notice.path, notice.dest):
-                        if not notice.polled:  # a poll names every photo of it; a walk would find states it never saw
-                            self.rescan("new folder", (notice.dest,))
-                    else:
-                        self._resync_later(notice.path)
-                case "dir-deleted":
-                    if notice.path in self.rules.roots:
-                        self._check_roots((notice.path,))
-                        self.watching.check()
-                    else:
-                        self._resync_later(notice.path)
-                        admission.folder_gone(notice.path)
-
-    def _resync_later(self, folder: str) -> None:
-        """A folder left the tree: its root's inotify watches are renewed next pass (Watching.resync)."""
-        root = self.rules.root_of(folder)
-        if root is not None and not self.one_shot:
-            self.resync.add(root)
+            else:
+                self.folders.notice(notice)  # about a folder
 
     def _scan_done(self, report: ScanReport) -> None:
         report.log()
@@ -282,26 +318,11 @@ class Service:
             self.catchup_done.set()
         self.wake()
 
-    # ---- watched roots that go and come back (roots.py) ------------------------------------
-
-    def _check_roots(self, roots: tuple[str, ...] | None = None) -> None:
-        for root in roots or self.rules.roots:
-            self.roots.check(root)
-        for root, why in self.roots.changes():
-            if why is not None and not self.one_shot:
-                # its watches are of a file system no longer there (or of the folder beneath it):
-                # Watching.check() watches it afresh and catches up once it is back
-                self.watching.unwatch(root)
-                self.watching.missing.add(root)
-            self.status.write("running")
-
     # ---- housekeeping ---------------------------------------------------------------------
 
     def _periodic(self, now: float) -> None:
         self.admission.tick()
-        self._check_roots()  # a few stats per root (roots.py): before the watcher's own check, which trusts it
-        while self.resync:
-            self.watching.resync(self.resync.pop())
+        self.folders.tick()
         if self.admission.queue.take_overflow():
             logger.warning("queue was full and events were dropped; rescanning to find those photos")
             self.rescan("overflow rescan", self.rules.roots)
@@ -348,6 +369,7 @@ class Service:
         self.roots.create = new.watch.create
         self.roots.update(self.rules.roots)
         self.status.reconfigure(new, self.rules)
+        self.folders.rules = self.rules
         if not self.one_shot:
             self.watching.update(new, self.rules)
         self.executor.set_limits(memory_mb=new.limits.worker_memory_mb, photo_timeout=new.limits.photo_timeout)
