@@ -97,3 +97,17 @@ def test_a_new_file_closed_unwritten_still_ends_its_wait(watched):
     photo, notices, tmp = watched
     (photo.parent / "new.jpg").touch()
     assert notices_until_marker(notices, photo.parent) == [("created", "new.jpg"), ("attrib", "new.jpg")]
+
+
+def test_a_touch_of_the_roots_marker_is_a_barrier(watched):
+    """The master's re-stamp barrier: its touch of the root's marker comes back as "barrier",
+    after every event from before it."""
+    from watcher.roots import MARKER, write_marker
+
+    photo, notices, tmp = watched
+    assert write_marker(str(photo.parent))
+    marker = photo.parent / MARKER
+    run("chmod", "g+w", photo)
+    st = marker.stat()
+    os.utime(marker, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert notices_until_marker(notices, photo.parent) == [("attrib", "a.jpg"), ("barrier", MARKER)]

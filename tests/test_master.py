@@ -542,7 +542,10 @@ def test_an_attribute_change_restamps_the_thumbnails_without_a_render(master, tm
     step(master)
     step(master, 1.0)
     assert master.stats.restamped == 0, "not at once: an event for a write right after may be on its way"
-    step(master, 1.5)
+    from watcher.roots import MARKER
+
+    master.notices.append(Notice("barrier", os.path.join(master.rules.roots[0], MARKER)))  # the root's marker, touched by the master
+    step(master)
     assert taken(master) == [] and master.stats.restamped == 1
     assert master.admission.fresh(os.stat(a), master.rules.targets(a))
     after = os.stat(thumb)
@@ -606,3 +609,55 @@ def test_an_attribute_change_of_a_photo_settling_or_queued_restamps_nothing(mast
     master.executor.slots = 2
     step(master, 2.5)
     assert sorted(taken(master)) == sorted([a, b]), "both rendered: what was pending goes on as before"
+
+
+def test_a_restamp_waits_for_its_roots_barrier_and_a_write_before_it_cancels_the_restamp(master, tmp_path):
+    """With a marker in the root (roots.py), the master touches it and re-stamps only once that
+    touch's event is back: inotify delivers it after every event from before, however late."""
+    from watcher.roots import MARKER, write_marker
+
+    root = master.rules.roots[0]
+    assert write_marker(root)
+    marker = os.path.join(root, MARKER)
+    a, b = rendered(master, "a.jpg"), rendered(master, "b.jpg")
+    after_ctime_of(master.rules.targets(b)[0].path, tmp_path)
+    os.chmod(a, 0o640)
+    os.chmod(b, 0o640)
+    master.notices.extend([Notice("attrib", a), Notice("attrib", b)])
+    step(master)
+    before = os.stat(marker).st_ctime_ns
+    step(master, 10.0)
+    assert master.stats.restamped == 0, "no barrier back yet: however long it takes"
+    assert os.stat(marker).st_ctime_ns > before, "the barrier was sent: the marker touched"
+    st = os.stat(b)  # b rewritten in place with the same size and mtime, its close-write behind the barrier
+    with open(b, "r+b") as f:
+        f.write(b"\xff\xd8\xff\xe0" + os.urandom(64))
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    master.notices.extend([Notice("arrived", b), Notice("barrier", marker)])
+    step(master)
+    assert master.stats.restamped == 1 and master.admission.fresh(os.stat(a), master.rules.targets(a))
+    assert taken(master) == [b], "the rewrite is rendered, not re-stamped"
+
+
+def test_without_a_marker_to_touch_a_restamp_waits_two_seconds_and_gives_up_after_a_minute(tmp_path):
+    from watcher.settling import Restamps
+
+    clock = Clock()
+    restamps = Restamps(clock)
+    (tmp_path / "root").mkdir()
+    photo = tmp_path / "root" / "a.jpg"
+    photo.write_bytes(b"x")
+    restamps.wait(str(photo), os.stat(photo), str(tmp_path / "root"))  # no .thumbwatch-root there
+    assert restamps.due() == [] and len(restamps) == 1
+    clock.now += 2.5
+    assert restamps.due() == [(str(photo), os.stat(photo).st_ctime_ns)] and len(restamps) == 0
+    from watcher.roots import write_marker
+
+    other = tmp_path / "other"
+    other.mkdir()
+    assert write_marker(str(other))
+    restamps.wait(str(photo), os.stat(photo), str(other))
+    clock.now += 30
+    assert restamps.due() == [], "a barrier was sent: it waits for it"
+    clock.now += 31
+    assert restamps.due() == [(str(photo), None)], "a minute without the barrier: looked at as after a write"

@@ -213,27 +213,27 @@ class Admission:
             self.settling.wait(path, st, until_closed=True)
 
     def attributes_changed(self, path: str) -> None:
-        """Only its attributes changed, as far as the events tell (events.py): thumbnails that
-        carry the photo's mtime showed this content and still do, and are re-stamped once no other
-        event came for RESTAMP_AFTER s (settling.py). Anything else (a `touch` moved the mtime, a
-        photo in hand or waiting) goes on as after a close-write."""
+        """Only its attributes changed, as far as the events tell (events.py): thumbnails that carry
+        its mtime show it still, and are re-stamped once every event from before is in (settling.py).
+        Anything else (`touch` moved the mtime, a photo in hand) goes on as after a close-write."""
         if self.where(path) is None and (st := _stat(path)) is not None and self.rules.photo_followable(path):
             targets = self.rules.targets(path)
             if self.failures.known(path, st) or fresh(st, targets):
                 return
             if carries_mtime(st, targets):
-                self.restamps.wait(path, st)
+                self.restamps.wait(path, st, self.rules.root_of(path) or os.path.dirname(path))
                 return
         self.arrived(path)
 
-    def _restamp_due(self) -> None:
-        for path, ctime_ns in self.restamps.due():
+    def restamp_due(self, marker: str = "") -> None:
+        """Re-stamp those whose wait is over (settling.py): `marker`, the barrier of its root."""
+        for path, ctime_ns in self.restamps.passed(os.path.dirname(marker)) if marker else self.restamps.due():
             if self.where(path) is None and (st := _stat(path)) is not None:
                 if st.st_ctime_ns == ctime_ns and restamp(st, self.rules.targets(path)):
                     self.stats.restamped += 1
                     logger.debug("re-stamped (attributes changed, content not): %s", shown(path))
                 else:
-                    self.arrived(path)  # changed again meanwhile: the verdict decides
+                    self.arrived(path)  # changed again meanwhile, or waited too long: the verdict decides
 
     def deleted(self, path: str) -> None:
         """Deleted or renamed away. Whatever is on disk *now* decides: a new file already under
@@ -410,7 +410,7 @@ class Admission:
     def tick(self) -> None:
         """Queue the paths whose size and mtime have held still for settle_seconds; re-stamp
         those whose attributes alone changed and that stayed quiet since."""
-        self._restamp_due()
+        self.restamp_due()
         for path, st in self.settling.still(self.config.watch.settle_seconds):
             if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)) or self.queue.offer(path):
                 self.settling.discard(path)

@@ -42,14 +42,15 @@ from watchdog.events import (
 )
 
 from .paths import PathRules
+from .roots import MARKER
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Notice:
-    """What the observer saw, for the master. Kinds:
-    arrived, settle, created, deleted, attrib (a photo); new-dir, dir-moved, dir-deleted (a folder)."""
+    """What the observer saw, for the master. Kinds: arrived, settle, created, deleted, attrib (a
+    photo); new-dir, dir-moved, dir-deleted (a folder); barrier (a root's marker touched)."""
 
     kind: str
     path: str
@@ -102,7 +103,9 @@ class PhotoEventHandler(FileSystemEventHandler):
         self.last_written = ""  # a close, attribute change or rename ends the run
         rules = self.rules()
         if isinstance(event, FileAttribEvent):
-            if not self.polling and src not in self.writing and len(self.writing) < MAX_WRITING and rules.wants(src):
+            if not self.polling and os.path.basename(src) == MARKER and os.path.dirname(src) in rules.roots:
+                self.notify(Notice("barrier", src))  # the master's own touch: every event before it is in
+            elif not self.polling and src not in self.writing and len(self.writing) < MAX_WRITING and rules.wants(src):
                 self.notify(Notice("attrib", src))
         elif isinstance(event, FileClosedEvent):
             if self.polling or src in self.writing or len(self.writing) >= MAX_WRITING:

@@ -43,8 +43,10 @@ from .watching import Watching
 logger = logging.getLogger("watcher")
 
 PERIODIC = 0.5  # seconds between housekeeping passes
-# Notices about one photo, and what admission hears of them; the rest are about folders.
-PHOTO_NOTICES = {"arrived": "arrived", "settle": "settle", "created": "created", "attrib": "attributes_changed", "deleted": "deleted"}
+# Notices about one photo (and a re-stamp barrier), and what admission hears of them; the rest
+# are about folders.
+PHOTO_NOTICES = {"arrived": "arrived", "settle": "settle", "created": "created", "attrib": "attributes_changed",
+                 "deleted": "deleted", "barrier": "restamp_due"}
 
 
 class WakePipe:

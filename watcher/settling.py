@@ -8,10 +8,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-# Seconds a photo whose attributes alone changed waits before its thumbnails are re-stamped: an
-# event for a write made right after the change (`chmod`, then `cp -p` of a same-size picture
-# with the same mtime) may still be on its way from the observer, and cancels the re-stamp.
+from .roots import MARKER
+
+# A photo whose attributes alone changed waits before its thumbnails are re-stamped: an event
+# for a write made right after the change (`chmod`, then `cp -p` of a same-size picture with the
+# same mtime) may still be on its way from the observer, and cancels the re-stamp. How long: until
+# a barrier comes back, an attribute change of the root's marker file (roots.py) made after the
+# photo was looked at, which inotify delivers after every event that came before it. Where no
+# marker can be touched, RESTAMP_AFTER seconds; a barrier not back within BARRIER_LOST is sent
+# again, and a photo that waited GIVE_UP_AFTER is looked at as after a write (the verdict decides).
 RESTAMP_AFTER = 2.0
+BARRIER_LOST = 5.0
+GIVE_UP_AFTER = 60.0
 
 
 @dataclass
@@ -69,33 +77,78 @@ class Settler:
 
 
 class Restamps:
-    """Photos whose attributes alone changed (with the ctime they had then), in order of arrival,
-    until RESTAMP_AFTER has passed with no other event for them."""
+    """Photos whose attributes alone changed, each with the ctime it had then and its root, in
+    order of arrival, until their root's barrier is back (see above)."""
 
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
-        self.waiting: dict[str, tuple[int, float]] = {}
+        self.waiting: dict[str, tuple[int, float, str]] = {}  # path -> (ctime_ns, since, root)
+        self.per_root: dict[str, int] = {}
+        self.sent: dict[str, float] = {}  # root -> when the oldest barrier still out was sent
+        self.resent: dict[str, float] = {}  # root -> when a barrier was last sent
+        self.blind: set[str] = set()  # roots without a marker to touch: RESTAMP_AFTER instead
 
     def __len__(self) -> int:
         return len(self.waiting)
 
-    def wait(self, path: str, st: os.stat_result) -> None:
-        self.waiting.pop(path, None)  # to the end: the dict stays in order of arrival
-        self.waiting[path] = (st.st_ctime_ns, self.clock())
+    def wait(self, path: str, st: os.stat_result, root: str) -> None:
+        self.cancel(path)  # to the end: the dict stays in order of arrival
+        self.waiting[path] = (st.st_ctime_ns, self.clock(), root)
+        self.per_root[root] = self.per_root.get(root, 0) + 1
 
     def cancel(self, path: str) -> None:
-        self.waiting.pop(path, None)
+        entry = self.waiting.pop(path, None)
+        if entry is not None:
+            root = entry[2]
+            self.per_root[root] -= 1
+            if not self.per_root[root]:
+                del self.per_root[root]
 
-    def due(self) -> list[tuple[str, int]]:
-        """Those that waited long enough, with the ctime they had when they began."""
-        now, due = self.clock(), []
-        for path, (ctime_ns, since) in self.waiting.items():
-            if now - since < RESTAMP_AFTER:
-                break
-            due.append((path, ctime_ns))
+    def due(self) -> list[tuple[str, int | None]]:
+        """Send the barriers that are needed; return those whose wait is over without one (ctime
+        None: waited too long, look at it as after a write)."""
+        now = self.clock()
+        for root in self.per_root:
+            if root not in self.blind and now - self.resent.get(root, -BARRIER_LOST) >= BARRIER_LOST:
+                if _touch_marker(root):
+                    self.sent.setdefault(root, now)  # an earlier one still out is the one to wait for
+                    self.resent[root] = now
+                else:
+                    self.blind.add(root)
+        due: list[tuple[str, int | None]] = []
+        for path, (ctime_ns, since, root) in self.waiting.items():
+            if now - since >= GIVE_UP_AFTER:
+                due.append((path, None))
+            elif not self.blind or now - since < RESTAMP_AFTER:
+                break  # in order of arrival: the rest are younger
+            elif root in self.blind:
+                due.append((path, ctime_ns))
         for path, _ctime in due:
-            del self.waiting[path]
+            self.cancel(path)
         return due
+
+    def passed(self, root: str) -> list[tuple[str, int | None]]:
+        """`root`'s barrier is back: every event from before it was sent has been read, so those
+        that waited since before it (and were not cancelled) are due."""
+        sent = self.sent.pop(root, None)
+        self.resent.pop(root, None)
+        if sent is None:
+            return []
+        due = [(path, ctime_ns) for path, (ctime_ns, since, in_root) in self.waiting.items() if in_root == root and since <= sent]
+        for path, _ctime in due:
+            self.cancel(path)
+        return due
+
+
+def _touch_marker(root: str) -> bool:
+    """An attribute change of `root`'s marker (its own times again): the barrier. False when
+    there is no marker to touch, or it cannot be touched."""
+    try:
+        st = os.stat(os.path.join(root, MARKER))
+        os.utime(os.path.join(root, MARKER), ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError:
+        return False
+    return True
 
 
 def _stat(path: str) -> os.stat_result | None:
