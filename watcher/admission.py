@@ -137,8 +137,6 @@ class Admission:
         self.config, self.rules = config, rules
         self.queue.resize(config.workers.queue_size)
 
-    # ---- where is it -----------------------------------------------------------------------
-
     def where(self, path: str) -> str | None:
         if path in self.in_flight:
             return "in-flight"
@@ -155,8 +153,6 @@ class Admission:
 
     def idle(self) -> bool:
         return not (self.queue or self.held or self.settling or self.in_flight or self.restamps)
-
-    # ---- the verdict ---------------------------------------------------------------------------
 
     def verdict(self, path: str, st: os.stat_result, targets: tuple[Target, ...]) -> str:
         """What to do with a photo as it is on disk now. Safe to call from the scanner thread."""
@@ -183,6 +179,10 @@ class Admission:
     def scanned(self, path: str, stop: threading.Event) -> bool:
         """A scan found it stale (scanner thread): the scan lane, waiting for room."""
         return self.queue.put(path, stop)
+
+    def retry_now(self, path: str) -> None:
+        """`thumbwatch retry` through the control socket: the live lane, at once."""
+        self.queue.offer(path)
 
     def failures_reloaded(self) -> None:
         """`thumbwatch retry` may have cleared records on disk (records not yet saved stay):
