@@ -88,7 +88,7 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
 
 
 def executor_for(config_path: Path):
-    from watcher.backends.celery.backend import CeleryExecutor
+    from watcher.backends.celery.executor import CeleryExecutor
     from watcher.config import load
     from watcher.paths import PathRules
     from watcher.render import RenderSettings

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .config import Config
+from .backends.results import say_bug, say_failed, say_rendered, say_vanished
 from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
 from .jobs import JobQueue
 from .paths import PathRules, Target, shown
@@ -342,9 +343,9 @@ class Admission:
                 self.stats.render_ms.append(ms)
                 self.failures.forget(job.path)
                 shown_outputs = ", ".join(_short(self.rules.root_of(job.path), out) for out in outputs)
-                logger.log(_photo_level(self.config), "ok %s -> %s in %.0f ms%s", shown(job.path), shown(shown_outputs), ms, _on(host))
+                say_rendered(logger, _photo_level(self.config), job.path, shown_outputs, ms, host)
             case Vanished(reason=reason):
-                logger.debug("vanished or changed while rendering: %s (%s)", shown(job.path), reason)
+                say_vanished(logger, job.path, reason)
                 if os.path.lexists(job.path):
                     self.settle(job.path)  # replaced or rewritten: render what is there now
                 else:
@@ -364,7 +365,7 @@ class Admission:
             case TimedOut(limit=limit):
                 self._fail(job.path, _stat(job.path), f"timed out after {limit:g} s")
             case Crashed(traceback=tb):
-                logger.error("bug while rendering %s (please report it):\n%s", shown(job.path), tb.rstrip())
+                say_bug(logger, job.path, tb)
                 self._fail(job.path, _stat(job.path), "internal error (see the log)", log=False)
 
     def _lost(self, job: Job, worker: str, how: str) -> None:
@@ -390,7 +391,7 @@ class Admission:
         if st is not None and self.config.output.style != "freedesktop" and self.rules.wants(path):
             remove_thumbnails(self.rules.targets(path))
         if log:
-            logger.warning("failed %s: %s", shown(path), reason)
+            say_failed(logger, path, reason)
 
     def _output_blocked(self, job: Job, reason: str, err_no: int | None) -> None:
         """One error line per condition (by errno), not one per photo: hold work, probe with back-off."""

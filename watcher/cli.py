@@ -207,7 +207,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from . import logsetup
 
     logsetup.configure(config.log)
-    from .backends.celery.backend import worker_main
+    from .backends.celery.main import worker_main
 
     return worker_main(config, args.name)
 
@@ -234,7 +234,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     config = _load(args)
     paths = [os.path.abspath(p) for p in args.paths]
     if config.workers.backend == "celery":
-        from .backends.celery.backend import forget
+        from .backends.celery.executor import forget
 
         forget(config, paths or None)  # their dedupe keys too, before the photos are queued again
     pid = instance.running_pid(config.state.dir)

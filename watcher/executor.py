@@ -20,6 +20,7 @@ The loop that drives an executor:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -156,3 +157,40 @@ class Executor(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """For the status file: {"workers": [...pids]}, render hosts, and the like."""
+
+    def summary(self) -> str:
+        """A short phrase for log and status lines: "2 workers", "render hosts r1, r2 via ..."."""
+
+
+class WakePipe:
+    """A non-blocking self-pipe: wake() from any thread (or a signal's wakeup fd), wait on `r`,
+    drain() before looking at what woke us. Writes that find it full are dropped: it is awake."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except OSError:  # full (already awake), or closed at shutdown
+            pass
+
+    def drain(self) -> None:
+        drain_pipe(self.r)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.r = self.w = -1
+
+
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass

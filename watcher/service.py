@@ -29,7 +29,7 @@ from .backends import make_executor
 from .config import EX_CONFIG, Config, ConfigError
 from .control import Control
 from .events import Notice
-from .executor import Executor, ExecutorBroken
+from .executor import Executor, ExecutorBroken, WakePipe
 from .paths import PathRules, shown
 from .render import RenderSettings
 from .roots import RootMonitor
@@ -47,31 +47,6 @@ PERIODIC = 0.5  # seconds between housekeeping passes
 # are about folders.
 PHOTO_NOTICES = {"arrived": "arrived", "settle": "settle", "created": "created", "attrib": "attributes_changed",
                  "deleted": "deleted", "barrier": "restamp_due"}
-
-
-class WakePipe:
-    """A self-pipe: wake() from any thread (or the kernel, for a signal: set_wakeup_fd) makes
-    the loop's wait() return; drain() empties it once the loop is awake."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def wake(self) -> None:
-        try:
-            os.write(self.w, b"\0")
-        except BlockingIOError:
-            pass  # already awake
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 class Folders:

@@ -119,7 +119,7 @@ class Master:
     """A CeleryExecutor driven exactly as executor.py's loop shows."""
 
     def __init__(self, config_path: Path):
-        from watcher.backends.celery.backend import CeleryExecutor
+        from watcher.backends.celery.executor import CeleryExecutor
 
         self.config = load(config_path, base_dir=config_path.parent)
         self.rules = PathRules(self.config)
@@ -245,7 +245,7 @@ def test_a_burst_spreads_over_two_render_hosts_each_photo_rendered_once(cfg, wor
     while len(m.outcomes) < len(jobs):
         assert time.monotonic() < deadline
         m.step()
-        seen_outstanding = max(seen_outstanding, len(m.executor.task_keys))
+        seen_outstanding = max(seen_outstanding, m.executor.ledger.tasks_out())
     assert seen_outstanding <= 20, "more tasks outstanding than workers.queue_size"
     assert all(isinstance(o, Rendered) for o in m.outcomes), [o for o in m.outcomes if not isinstance(o, Rendered)][:3]
     assert sorted(o.job.id for o in m.outcomes) == sorted(j.id for j in jobs)
@@ -352,7 +352,7 @@ def test_a_photo_that_keeps_killing_its_worker_is_failed_after_max_retries(cfg, 
     m.add(good)
     client = redis.Redis.from_url(redis_url)
     prefix = f"tw:q{os.getpid()}:"
-    from watcher.backends.celery.backend import photo_key
+    from watcher.backends.celery.wire import photo_key
 
     key = photo_key(poison_job.path, poison_job.size, poison_job.mtime_ns, poison_job.ino)
     kills = 0
@@ -443,7 +443,7 @@ def test_a_failed_publish_while_the_outcome_stream_is_fine_is_retried_not_stuck(
         return real_send(*args, **kwargs)
 
     m.executor.app.send_task = send_once_refused
-    caplog.set_level(logging.INFO, logger="watcher.backends.celery.backend")
+    caplog.set_level(logging.INFO, logger="watcher.backends.celery")
     jobs = m.add(photos(tmp_path / "photos", 10))
     m.run_until_done(len(jobs), timeout=20)
     assert failures and all(isinstance(o, Rendered) for o in m.outcomes)

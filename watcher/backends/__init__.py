@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def make_executor(config: Config) -> Executor:
     """The configured executor, not started. Celery is imported only when configured."""
     if config.workers.backend == "celery":
-        from .celery.backend import CeleryExecutor
+        from .celery.executor import CeleryExecutor
 
         return CeleryExecutor(config)
     from .local.pool import LocalPool

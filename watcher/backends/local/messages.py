@@ -51,34 +51,11 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
-class Done:
-    job_id: int
-    outputs: tuple[str, ...]
-    ms: float
-
-
-@dataclass(frozen=True)
-class CannotRender:
-    job_id: int
-    reason: str
-    ms: float
-
-
-@dataclass(frozen=True)
-class Gone:
-    """The photo vanished before or while it was rendered."""
+class Finished:
+    """The photo in hand ended: results.Done, CannotRender, Gone, CannotWrite or Bug."""
 
     job_id: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class CannotWrite:
-    """The thumbnails could not be written: a condition of the output, not of this photo."""
-
-    job_id: int
-    reason: str
-    errno: int | None
+    result: Any  # results.Result
 
 
 @dataclass(frozen=True)
@@ -86,9 +63,3 @@ class NotStarted:
     """Skipped because the pool is draining: the next start's catch-up finds it."""
 
     job_id: int
-
-
-@dataclass(frozen=True)
-class Bug:
-    job_id: int
-    traceback: str

@@ -27,7 +27,8 @@ from typing import Any
 
 from ... import logsetup
 from . import messages as msg
-from ...executor import Crashed, ExecutorBroken, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
+from ...executor import ExecutorBroken, Job, Lost, Outcome, Returned, TimedOut
+from ..results import describe_exit, to_outcome
 from ...paths import temp_path_for
 from .worker import STOP_SIGNALS, worker_main
 
@@ -41,16 +42,6 @@ PREFETCH_BELOW_BYTES = 1 << 20
 # A worker that dies this many times in a row before saying hello cannot boot: stop trying.
 BOOT_FAILURE_LIMIT = 5
 BOOT_TIMEOUT = 60.0
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
 
 
 @dataclass
@@ -206,18 +197,10 @@ class LocalPool:
             logger.error("worker pid=%s sent %r for a job it does not hold", worker.pid, message)
             return None
         match message:
-            case msg.Done(outputs=outputs, ms=ms):
-                return Rendered(job, ms, outputs)
-            case msg.CannotRender(reason=reason, ms=ms):
-                return Failed(job, reason, ms)
-            case msg.Gone(reason=reason):
-                return Vanished(job, reason)
-            case msg.CannotWrite(reason=reason, errno=err_no):
-                return OutputBlocked(job, reason, err_no)
+            case msg.Finished(result=result):
+                return to_outcome(job, result)
             case msg.NotStarted():
                 return Returned(job)
-            case msg.Bug(traceback=tb):
-                return Crashed(job, tb)
         logger.error("worker pid=%s sent a message the master does not know: %r", worker.pid, message)
         return Returned(job)
 
