@@ -338,7 +338,9 @@ def _render_hosts(status: dict) -> str:
     if not isinstance(hosts, dict):
         return ""
     seen = ", ".join(f"{host} ({ago:.0f} s ago)" for host, ago in hosts.items() if isinstance(ago, (int, float))) or "none yet"
-    return f"\n  render hosts: {seen}" + ("" if status.get("broker_up", True) else "  BROKER UNREACHABLE")
+    blind = status.get("blind_hosts") or {}
+    cannot = "".join(f"\n  render host {host} CANNOT SEE {root}: {why}" for host, roots in blind.items() for root, why in roots.items())
+    return f"\n  render hosts: {seen}" + ("" if status.get("broker_up", True) else "  BROKER UNREACHABLE") + cannot
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

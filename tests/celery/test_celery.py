@@ -82,9 +82,9 @@ class Workers:
         self.tmp_path = tmp_path
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, config: Path, name: str) -> subprocess.Popen:
+    def start(self, config: Path, name: str, *, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         log = open(self.tmp_path / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "watcher", "worker", "-c", str(config), "--name", name],
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "watcher", "worker", "-c", str(config), "--name", name],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp_path,
                                 env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT dumps every thread's stack
         log.close()
@@ -678,3 +678,53 @@ def test_retry_clears_the_dedupe_keys_of_photos_queued_by_a_stopped_master(proje
     assert out.returncode == 0, out.stderr
     assert not list(client.scan_iter(match=prefix + "*")), "retry left dedupe keys behind"
     client.close()
+
+
+# ---- a render host that cannot see the watched root --------------------------------------------
+
+
+def test_a_render_host_that_sees_an_empty_folder_for_the_root_gives_its_photos_back(cfg, workers, masters, tmp_path, caplog):
+    """w2 runs in its own mount namespace with an empty folder bind-mounted over the photos (a
+    share not mounted there): it takes no photo from that root, says so once at ERROR, the
+    master lists it, w1 renders everything; once the folder is back, w2 takes photos again."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test needs root (a mount namespace and a bind mount)")
+        pytest.skip("needs root: a mount namespace and a bind mount")
+    from watcher.roots import write_marker
+
+    config = cfg(count=1, vt=8)
+    root = str(tmp_path / "photos")
+    write_marker(root)  # as the watcher does for each root it watches
+    empty = tmp_path / "not-mounted"
+    empty.mkdir()
+    workers.start(config, "w1")
+    w2 = workers.start(config, "w2", prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                             'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(empty), root))
+    caplog.set_level(logging.INFO, logger="watcher.backends.celery")
+    m = masters(config)
+    jobs = m.add(photos(tmp_path / "photos", 60))
+    m.run_until_done(len(jobs), timeout=60)
+    assert all(isinstance(o, Rendered) for o in m.outcomes), [o for o in m.outcomes if not isinstance(o, Rendered)][:3]
+    assert sorted(o.job.id for o in m.outcomes) == sorted(j.id for j in jobs), "nothing lost"
+    assert {o.host for o in m.outcomes} == {"w1"}
+    assert_valid_thumbnails(jobs)
+    errors = [line for line in workers.log("w2").decode().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"render host w2 cannot see root {root}: no .thumbwatch-root marker" in errors[0], errors
+    wait_for(lambda: m.step(0.05) or "w2" in m.executor.describe()["blind_hosts"], timeout=10, message="the master lists w2")
+    assert list(m.executor.describe()["blind_hosts"]["w2"]) == [root]
+    assert "w2 (" + root + ")" in m.executor.summary()
+
+    subprocess.run(["nsenter", f"--target={w2.pid}", "--mount", "umount", root], check=True)  # the share is mounted now
+    deadline, round_ = time.monotonic() + 60, 0
+    while "w2" not in {o.host for o in m.outcomes[len(jobs):]}:  # w2 looks again within seconds
+        assert time.monotonic() < deadline, "w2 did not take photos again"
+        round_ += 1
+        done = len(m.outcomes)
+        more = m.add(photos(tmp_path / "photos", 20, prefix=f"r{round_}-"))
+        m.run_until_done(done + len(more), timeout=30)
+        assert all(isinstance(o, Rendered) for o in m.outcomes[done:])
+    wait_for(lambda: b"INFO render host w2 sees root" in workers.log("w2"), timeout=10, message="w2's INFO line")
+    log = workers.log("w2").decode()
+    assert log.count("sees root") == 1 and log.count(" ERROR ") == 1, log[-3000:]
+    wait_for(lambda: m.step(0.05) or m.executor.describe()["blind_hosts"] == {}, timeout=10, message="w2 no longer listed")

@@ -28,6 +28,7 @@ import celery  # noqa: E402 - wire.py has said what is missing when it is
 logger = logging.getLogger(__name__)
 
 _host: RenderHost | None = None
+STATUS_EVERY = 5.0  # s between STATUS= updates (and WATCHDOG=1 at least this often)
 
 
 def worker_app(config: Config, name: str) -> "celery.Celery":
@@ -128,27 +129,32 @@ def quiet_celery(app: "celery.Celery", name: str, config: Config) -> BrokerOutag
 
 class HostNotifier:
     """systemd's view of a render host: READY=1 at Celery's worker_ready (connected to the broker,
-    pool up), then STATUS= with photos done and failed (counted in Redis by this host's render
-    processes) and the broker's state, WATCHDOG=1 from a thread that also checks
-    the worker's consumer still runs, STOPPING=1 at shutdown."""
+    pool up); STATUS= with photos done and failed (counted in Redis by this host's render
+    processes) and the broker's state; WATCHDOG=1 while Celery's event loop runs (a timer on the
+    loop ticks; a thread checks the tick is recent, or that the consumer is reconnecting to a
+    broker that is away, which is alive too); STOPPING=1 at shutdown."""
 
     def __init__(self, name: str, config: Config, outage: BrokerOutage, notifier: Notifier | None = None):
         self.name = name
         self.config = config
         self.outage = outage
         self.notifier = notifier or Notifier()
+        self.keys = wire.Keys(config.celery.queue)
+        self.every = min(self.notifier.watchdog_interval() or STATUS_EVERY, STATUS_EVERY)
         self.ready = threading.Event()
         self.stop = threading.Event()
-        self.keys = wire.Keys(config.celery.queue)
         self.counts = {"done": 0, "failed": 0}
-        self.consumer: Any = None
+        self.ticked = time.monotonic()
 
     def connect(self) -> None:
         @celery.signals.worker_ready.connect(weak=False)
         def ready(sender: Any = None, **_kwargs: Any) -> None:
-            self.consumer = sender
             logger.info("ready: render host %s, %d process(es), broker %s queue=%s",
                         self.name, self.config.workers.count, wire.redacted(self.config.celery.broker), self.config.celery.queue)
+            timer = getattr(sender, "timer", None)
+            if timer is not None and hasattr(timer, "call_repeatedly"):
+                timer.call_repeatedly(self.every / 2, self.tick)
+            self.ticked = time.monotonic()
             self.ready.set()
             self.notifier.ready(self.status())
 
@@ -160,10 +166,14 @@ class HostNotifier:
         if self.notifier.address is not None:
             threading.Thread(target=self.beat, name="thumbwatch-notify", daemon=True).start()
 
+    def tick(self) -> None:
+        """On Celery's event loop: it runs."""
+        self.ticked = time.monotonic()
+
     def status(self) -> str:
         broker = f"broker unreachable ({self.outage.why})" if self.outage.down else "broker connected"
         if not self.ready.is_set():
-            return f"connecting: {broker}" if self.outage.down else f"connecting to {wire.redacted(self.config.celery.broker)}"
+            return f"waiting for the broker: {self.outage.why}" if self.outage.down else f"connecting to {wire.redacted(self.config.celery.broker)}"
         return f"{self.counts['done']} photo(s) done, {self.counts['failed']} failed; {broker}"
 
     def read_counts(self, client: Any) -> None:
@@ -174,15 +184,12 @@ class HostNotifier:
         self.counts = {k: int(counts.get(k.encode(), 0)) for k in ("done", "failed")}
 
     def beat(self) -> None:
-        """Every few seconds: STATUS=; and WATCHDOG=1 while the consumer's blueprint still runs
-        (a hung or dead consumer stops the keep-alives, and systemd restarts the unit)."""
-        every = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         client = wire.connect(self.config, socket_timeout=2)
         last = ""
-        while not self.stop.wait(every):
-            if self.alive():
-                self.notifier.watchdog()
+        while not self.stop.wait(self.every):
             if self.ready.is_set():
+                if self.alive():
+                    self.notifier.watchdog()
                 self.read_counts(client)
             text = self.status()
             if text != last:
@@ -190,11 +197,7 @@ class HostNotifier:
                 last = text
 
     def alive(self) -> bool:
-        if not self.ready.is_set():
-            return True  # still starting: Type=notify's TimeoutStartSec= covers that
-        blueprint = getattr(getattr(self.consumer, "consumer", None), "blueprint", None)
-        state = getattr(blueprint, "state", None)
-        return state is None or state == 1  # celery.bootsteps.RUN
+        return self.outage.down or time.monotonic() - self.ticked < 3 * self.every
 
 
 def worker_main(config: Config, name: str | None = None) -> int:
