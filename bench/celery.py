@@ -146,7 +146,7 @@ def publish_rate(work: Path, url: str, name: str) -> dict:
             ex.submit(jobs.pop(), settings)
         ex.waitables()  # the loop is about to wait: publishes everything pending
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    tasks = len(ex.task_keys)
+    tasks = ex.ledger.tasks_out()
     memory = ex.redis.info("memory")["used_memory"] - memory0  # the queued tasks and their job keys
     ex.stop_now()
     ex.redis.flushdb()  # the next run starts from an empty broker, as this one did

@@ -89,7 +89,7 @@ class BrokerOutage(logging.Filter):
                 return False
             self.down = True
             text = " ".join(record.getMessage().split())
-            self.why = text.removeprefix("consumer: ").split(" Trying again", 1)[0]
+            self.why = text.removeprefix("consumer: ").split(" Trying again", 1)[0].rstrip(". ")
             record.msg, record.args = text + " (said once until it connects again)", ()
         elif record.name == "celery.worker.consumer.connection" and str(record.msg).startswith("Connected to"):
             self.down = False
@@ -231,19 +231,21 @@ def worker_main(config: Config, name: str | None = None) -> int:
             asked.append(sig)
 
     celery.signals.worker_shutting_down.connect(shutting_down, weak=False)
+    code = 0
     try:
         app.worker_main(argv)
     except SystemExit as exit_:
-        if exit_.code and not asked:
-            _start_again(name, f"exit code {exit_.code}")
-        return int(exit_.code or 0)
-    if not asked:
-        # Celery's consumer can die of a broker restart (kombu: "Unrecoverable error") and the
-        # worker then simply ends; a render host must not stay down for that.
-        _start_again(name, "Celery's worker ended without being asked to")
+        code = int(exit_.code or 0)
+        if code and not asked:
+            _start_again(name, f"exit code {code}")
+    else:
+        if not asked:
+            # Celery's consumer can die of a broker restart (kombu: "Unrecoverable error") and the
+            # worker then simply ends; a render host must not stay down for that.
+            _start_again(name, "Celery's worker ended without being asked to")
     notify.notifier.stopping("stopped")
-    logger.info("render host %s stopped", name)
-    return 0
+    logger.info("render host %s stopped%s", name, f" (exit code {code})" if code else "")
+    return code
 
 
 def _start_again(name: str, why: str) -> None:
