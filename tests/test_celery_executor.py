@@ -76,10 +76,10 @@ class FakeRedis:
             self._check()
             return {"run_id": self.run_id}
 
-    def exists(self, name: str) -> int:
+    def exists(self, *names: str) -> int:
         with self.lock:
             self._check()
-            return int(name in self.values or name in self.streams or name in self.hashes)
+            return sum(int(name in self.values or name in self.streams or name in self.hashes) for name in names)
 
     def set(self, name: str, value: str, nx: bool = False, ex: int | None = None) -> bool | None:
         with self.lock:

@@ -133,6 +133,8 @@ class Audit:
         """Raises the broker's errors."""
         if not waiting:
             return
+        if client.exists(*(self.keys.job(key) for key in waiting)) == len(waiting):
+            return  # all there: one command instead of one per photo (16,000 in a catch-up's window)
         pipe = client.pipeline(transaction=False)
         for key in waiting:
             pipe.exists(self.keys.job(key))

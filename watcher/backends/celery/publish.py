@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any, Callable, Iterator, Protocol
 
@@ -23,6 +23,7 @@ from . import wire
 logger = logging.getLogger(__name__)
 
 FLUSH_TASKS = 32  # a catch-up publishes this many full tasks per round trip of claims
+PIPELINE_MAX = 100_000  # Redis commands a batched session buffers: all of a flush's tasks go at its end
 
 Send = Callable[[str, tuple, float | None, int], None]  # task id, args, time limit, photos
 
@@ -41,6 +42,8 @@ class CelerySender:
 
     @contextmanager
     def session(self) -> Iterator[Send]:
+        """kombu >= 5.7's Producer.batch sends a flush's tasks in one Redis pipeline (at the end
+        of the session) instead of one round trip each; older kombu sends them one by one."""
         with self.app.producer_or_acquire() as producer:
             def send(task_id: str, args: tuple, time_limit: float | None, count: int) -> None:
                 self.app.send_task(
@@ -48,7 +51,9 @@ class CelerySender:
                     argsrepr=f"{count} photo(s)", kwargsrepr="",  # Celery's default repr of the args costs more than the send
                 )
 
-            yield send
+            batch = getattr(producer, "batch", None)
+            with batch(max_size=PIPELINE_MAX) if batch is not None else nullcontext():
+                yield send
 
 
 class Ledger:
@@ -131,16 +136,20 @@ class Batcher:
         tasks, over = tasks[:room], tasks[room:]  # a change of settings split a task
         for task in over:
             self.unsend(task)
-        sent = 0
+        built = [self.build(task) for task in tasks]
         try:
             with self.sender.session() as send:
-                for sent, task in enumerate(tasks):
-                    self.send(task, send)
+                for task_id, args, time_limit, keys in built:
+                    send(task_id, args, time_limit, len(keys))
         except wire.BROKER_ERRORS as err:
-            # the keys of what was not sent stay claimed with our token: the next flush re-sends
-            for task in tasks[sent:]:
+            # sent in one pipeline at the session's end, so which of them reached the broker is not
+            # known: their keys stay claimed with our token and the next flush sends them all
+            # again; a render host skips a photo whose key a first copy already cleared
+            for task in tasks:
                 self.unsend(task)
             return err
+        for task_id, _args, _limit, keys in built:
+            self.ledger.sent(task_id, keys)
         return None
 
     def unsend(self, task: list[tuple[Job, Any, str]]) -> None:
@@ -173,7 +182,8 @@ class Batcher:
                 mine.append((job, settings, key))
         return mine
 
-    def send(self, task: list[tuple[Job, Any, str]], send: Send) -> None:
+    def build(self, task: list[tuple[Job, Any, str]]) -> tuple[str, tuple, float | None, list[str]]:
+        """One task's id, Celery args, hard time limit and job keys."""
         task_id = uuid.uuid4().hex
         photos, sizes, index = [], [], {}
         for job, _settings, key in task:
@@ -186,5 +196,4 @@ class Batcher:
             root, marker = self.where(job.path)
             photos.append((key, job.path, job.size, job.mtime_ns, job.ino, targets, root, marker))
         limit = self.config.limits.photo_timeout
-        send(task_id, (photos, task[0][1], sizes), limit * (len(photos) + 1) + 10 if limit else None, len(photos))
-        self.ledger.sent(task_id, [p[0] for p in photos])
+        return task_id, (photos, task[0][1], sizes), limit * (len(photos) + 1) + 10 if limit else None, [p[0] for p in photos]
