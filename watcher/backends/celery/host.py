@@ -38,12 +38,9 @@ from .. import results
 from . import wire
 from .sight import Sight
 
-try:
-    import redis
-    from celery.exceptions import WorkerLostError
-    from celery.worker.request import Request
-except ImportError:  # pragma: no cover - wire.py has said what is missing
-    raise
+import redis  # noqa: E402 - after wire, which says what is missing when the extra is not installed
+from celery.exceptions import WorkerLostError  # noqa: E402
+from celery.worker.request import Request  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -212,10 +212,13 @@ def worker_main(config: Config, name: str | None = None) -> int:
     _cap, note = planned_cap(config.limits.worker_memory_mb)
     if note:
         logger.warning("%s", note)
+    client = wire.connect(config)
     try:
-        wire.connect(config).delete(wire.Keys(config.celery.queue).host_stats(name))  # counts since this start
+        client.delete(wire.Keys(config.celery.queue).host_stats(name))  # STATUS= counts since this start
     except (OSError, wire.redis.RedisError):
         pass  # the broker not up yet: Celery's consumer says so, and waits for it
+    finally:
+        client.close()
     removed = remove_stale_temps(PathRules(config))
     if removed:
         logger.info("removed %d temp file(s) left by render processes of this host that died", removed)
