@@ -72,13 +72,13 @@ def test_a_local_worker_under_a_lower_ulimit_keeps_it_and_still_warms_up():
     assert (got["soft"], got["hard"]) == (LOW, LOW), got  # not raised to the cap, though root could
     notes = [line for line in got["log"] if "worker memory cap" in line]
     assert notes == [f"worker memory cap is 1536 MB, not limits.worker_memory_mb={CAP_MB}: the address-space limit "
-                     "already in force (ulimit -v, LimitAS=) is lower and is kept"], got["log"]
+                     "already in force (ulimit -v, LimitAS=) is lower and cannot be raised"], got["log"]
 
 
-def test_a_local_worker_caps_its_soft_limit_and_leaves_a_higher_hard_one():
+def test_a_local_worker_under_a_higher_ulimit_is_capped_at_limits_worker_memory_mb():
     got = run_limited(LOCAL_WORKER % CAP_MB, 8192 * MB, 8192 * MB)
     assert got["booted"], got
-    assert (got["soft"], got["hard"]) == (CAP_MB * MB, 8192 * MB), got
+    assert (got["soft"], got["hard"]) == (CAP_MB * MB, CAP_MB * MB), got  # lowered, both
     assert not [line for line in got["log"] if "memory cap" in line], got["log"]
 
 
@@ -115,15 +115,15 @@ def test_a_render_hosts_process_set_up_under_a_lower_ulimit_keeps_it_and_goes_on
     assert got["warmed"] == 1 and got["host"], got
 
 
-def test_a_render_hosts_process_set_up_caps_the_soft_limit_only():
+def test_a_render_hosts_process_set_up_under_a_higher_ulimit_is_capped_at_limits_worker_memory_mb():
     pytest.importorskip("celery", reason="the celery extra is not installed (pip install -e '.[test]')")
     got = run_limited(RENDER_HOST % CAP_MB, 8192 * MB, 8192 * MB)
     assert got["errors"] == [], got
-    assert (got["soft"], got["hard"]) == (CAP_MB * MB, 8192 * MB), got
+    assert (got["soft"], got["hard"]) == (CAP_MB * MB, CAP_MB * MB), got
     assert got["warmed"] == 1 and got["host"], got
 
 
-def test_memory_cap_keeps_a_lower_soft_limit_and_the_hard_one():
+def test_memory_cap_keeps_a_lower_soft_limit_and_never_raises_the_hard_one():
     got = run_limited("""
         import json
         from watcher.limits import memory_cap
@@ -132,7 +132,7 @@ def test_memory_cap_keeps_a_lower_soft_limit_and_the_hard_one():
         soft, hard = address_space()
         print(json.dumps({"soft": soft, "hard": hard, "note": note}))
     """ % CAP_MB, LOW, 8192 * MB)
-    assert (got["soft"], got["hard"]) == (LOW, 8192 * MB), got
+    assert (got["soft"], got["hard"]) == (LOW, LOW), got  # the admin's soft limit holds; the hard one only lowered
     assert got["note"].startswith("worker memory cap is 1536 MB, not limits.worker_memory_mb=2048"), got
 
 

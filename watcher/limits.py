@@ -26,20 +26,20 @@ def planned_cap(limit_mb: int) -> tuple[int | None, str | None]:
     if in_force and min(in_force) < wanted:
         cap = min(in_force)
         return cap, (f"worker memory cap is {cap >> 20} MB, not limits.worker_memory_mb={limit_mb}: "
-                     f"the address-space limit already in force (ulimit -v, LimitAS=) is lower and is kept")
+                     f"the address-space limit already in force (ulimit -v, LimitAS=) is lower and cannot be raised")
     return wanted, None
 
 
 def memory_cap(limit_mb: int) -> str | None:
-    """Cap this process's address space (RLIMIT_AS soft limit) at `limit_mb` MiB, or at the limit
-    already in force when that is lower; the hard limit is left as it is. 0 means no cap of ours.
-    Returns a line to log (once, by the caller) when the cap is not what was asked, else None."""
+    """Cap this process's address space (RLIMIT_AS, soft and hard) at `limit_mb` MiB, or at the
+    limit already in force when that is lower: a hard limit is only ever lowered, so the render
+    code cannot lift the cap either. 0 means no cap of ours. Returns a line to log (once, by the
+    caller) when the cap is not what was asked, else None."""
     cap, note = planned_cap(limit_mb)
     if cap is None:
         return None
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     try:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     except (ValueError, OSError) as err:  # not expected; a process that cannot cap itself still renders
         return f"worker memory cap not set (limits.worker_memory_mb={limit_mb}): setrlimit(RLIMIT_AS) refused: {err}"
     return note
