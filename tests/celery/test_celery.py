@@ -728,3 +728,28 @@ def test_a_render_host_that_sees_an_empty_folder_for_the_root_gives_its_photos_b
     log = workers.log("w2").decode()
     assert log.count("sees root") == 1 and log.count(" ERROR ") == 1, log[-3000:]
     wait_for(lambda: m.step(0.05) or m.executor.describe()["blind_hosts"] == {}, timeout=10, message="w2 no longer listed")
+
+
+# ---- the memory cap on a real render host ------------------------------------------------------
+
+
+def test_a_render_host_under_a_lower_ulimit_keeps_it_says_so_once_and_renders(cfg, workers, masters, tmp_path):
+    """limits.worker_memory_mb 2048 under an address-space limit of 1536 MB (as a unit's LimitAS=
+    would set): every render process keeps 1536 MB, soft and hard, and still renders; the host
+    says once why its cap is lower."""
+    low = 1536 << 20
+    config = cfg(count=2)
+    text = config.read_text().replace("worker_memory_mb: 0", "worker_memory_mb: 2048")
+    config.write_text(text)
+    w1 = workers.start(config, "w1", prefix=("prlimit", f"--as={low}:{low}"))
+    m = masters(config)
+    jobs = m.add(photos(tmp_path / "photos", 6))
+    m.run_until_done(len(jobs), timeout=30)
+    assert all(isinstance(o, Rendered) for o in m.outcomes)
+    pool = session_pids(w1) - {w1.pid}
+    assert len(pool) == 2, pool
+    for pid in pool:
+        line = next(x for x in open(f"/proc/{pid}/limits").read().splitlines() if x.startswith("Max address space"))
+        assert line.split()[3:5] == [str(low), str(low)], line
+    notes = [x for x in workers.log("w1").decode().splitlines() if "worker memory cap" in x]
+    assert len(notes) == 1 and " WARNING " in notes[0] and "1536 MB, not limits.worker_memory_mb=2048" in notes[0], notes
