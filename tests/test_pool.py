@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from watcher.backends import results
 from watcher.backends.local import messages as msg
 from watcher.backends.local.pool import PREFETCH_BELOW_BYTES, LocalPool
 from watcher.config import SizeSpec
@@ -88,11 +89,11 @@ def _act(job_id, path, targets, *outputs):
 
 # How a worker says how a photo ended (the one place to change if that message changes).
 def done(job_id, outputs, ms):
-    return msg.Done(job_id, outputs, ms)
+    return msg.Finished(job_id, results.Done(outputs, ms))
 
 
 def bug(job_id, traceback):
-    return msg.Bug(job_id, traceback)
+    return msg.Finished(job_id, results.Bug(traceback))
 
 
 # ---- driving the pool as the master does ---------------------------------------------------------
