@@ -590,8 +590,16 @@ def test_a_burst_through_the_master_spreads_over_two_hosts_each_photo_once(proje
     assert daemon.status()["workers"] == [] and daemon.status()["backend"] == "celery"
 
 
+def older_than_settling(photos: dict) -> None:
+    """A catch-up queues only photos older than watch.settle_seconds (0.3 s here); a master that
+    starts within that of their writing settles them first (a race these tests lost under load)."""
+    newest = max(os.stat(p).st_mtime for p in photos)
+    wait_for(lambda: time.time() - newest > 0.3 + 0.05, timeout=5, message="photos older than settle_seconds")
+
+
 def test_a_second_master_on_the_same_tree_and_broker_renders_nothing_twice(project, start_daemon, workers, redis_url):
     colours = flat_photos(project, 60)
+    older_than_settling(colours)
     first = start_daemon(master_config(project, redis_url))
     second = start_daemon(master_config(project, redis_url, name="second.yaml", state="state2"))  # the instance lock is per state folder
     for daemon in (first, second):
@@ -663,6 +671,7 @@ def test_the_broker_restarted_under_the_master_loses_nothing(project, start_daem
 def test_retry_clears_the_dedupe_keys_of_photos_queued_by_a_stopped_master(project, start_daemon, redis_url):
     config = master_config(project, redis_url, drain=0.5)
     colours = flat_photos(project, 12)
+    older_than_settling(colours)
     daemon = start_daemon(config)  # no render host: everything stays queued
     daemon.wait_log(r"catch-up done: found=12 queued=12")
     client = redis.Redis.from_url(redis_url)
