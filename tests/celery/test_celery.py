@@ -381,7 +381,7 @@ def test_a_photo_over_the_time_limit_is_timed_out_on_the_render_host(cfg, worker
     workers.start(config, "w1")
     m = masters(config)
     slow = tmp_path / "photos" / "slow.jpg"
-    Image.effect_noise((4000, 4000), 64).convert("RGB").save(slow, "PNG")
+    Image.effect_noise((8000, 6000), 64).convert("RGB").save(slow, "PNG", compress_level=1)  # ~0.6 s to decode on a quiet box: well over the limit
     jobs = m.add([slow] + photos(tmp_path / "photos", 3))
     m.run_until_done(4, timeout=40)
     [out] = [o for o in m.outcomes if o.job.path == str(slow)]
