@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..config import OutputConfig, SizeSpec
 from ..executor import Crashed, Failed, Job, Outcome, OutputBlocked, Rendered, TimedOut, Vanished
