@@ -56,7 +56,14 @@ def write_marker(root: str) -> str | None:
     try:
         with open(temp, "w") as f:
             json.dump({"id": ident, "what": "thumbwatch: this folder is a watched root; keep this file"}, f)
-        os.replace(temp, path)
+        try:
+            os.link(temp, path)  # never over a marker another watcher wrote meanwhile (os.replace would)
+            os.unlink(temp)
+        except FileExistsError:
+            os.unlink(temp)
+            return read_marker(root)
+        except OSError:  # no hard links here (some SMB and FAT mounts): the plain rename
+            os.replace(temp, path)
     except OSError as err:
         logger.debug("cannot write the root marker in %s: %s", root, err)
         try:
