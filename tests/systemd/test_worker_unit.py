@@ -26,7 +26,7 @@ import pytest
 from helpers import REPO, wait_for
 from machine import WHEELS_INSIDE, Machine, MachineError, missing_tools, rootfs_tarball, wheelhouse
 from redis_server import RedisServer
-from test_systemd import SOURCE, copy_working_tree, install_steps, journal, show
+from test_systemd import ADMIN, SOURCE, as_admin, copy_working_tree, install_steps, journal, show
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -98,11 +98,11 @@ def machine(tmp_path_factory, broker):
         box.unpack(wheels)
         for wheel in extra.iterdir():
             shutil.copy2(wheel, box.path(WHEELS_INSIDE) / wheel.name)
-        copy_working_tree(box.path(SOURCE))
         box.boot()
-        box.run("useradd --create-home alice")
-        for step in install_steps():
-            box.run(step, cwd=SOURCE, timeout=180)
+        box.run(f"useradd --create-home alice && useradd --create-home {ADMIN} && echo '{ADMIN} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{ADMIN}")
+        copy_working_tree(box.path(SOURCE))
+        box.run(f"chown -R {ADMIN}: {SOURCE}")
+        as_admin(box, install_steps("### Installing", 0) + install_steps("### Installing", 1))  # the README's way, as test_systemd
         box.run("systemctl disable --now thumbwatch")  # this machine is a render host only
         box.run("/opt/thumbwatch/bin/pip install --quiet " + " ".join(f"'{spec}'" for spec in CELERY_EXTRA), timeout=300)
         box.run(f"cp systemd/{UNIT}.service /etc/systemd/system/ && systemctl daemon-reload", cwd=SOURCE)
