@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/thumbwatch.yaml
 
-.PHONY: run test test-celery test-systemd stress bench clean redis-server
+.PHONY: run test test-celery test-systemd stress bench bench-big clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,7 @@ ifneq ($(shell id -u),0)
 test-systemd:
 	@echo "test-systemd: skipped: needs root (it boots a container)"
 else
-test-systemd: $(VENV)/.installed-test
+test-systemd: $(VENV)/.installed-test redis-server
 	@missing=; command -v mmdebstrap >/dev/null || missing=mmdebstrap; \
 	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
 	if [ -n "$$missing" ]; then \
@@ -67,10 +67,22 @@ endif
 stress: $(VENV)/.installed-test
 	THUMBWATCH_STRESS=1 $(BIN)/python -m pytest -m stress -p no:cacheprovider tests/test_stress.py
 
-bench: $(VENV)/.installed-test
+# The benchmarks (README, Performance): each prints the machine, its figures and PASS/FAIL per target.
+bench: $(VENV)/.installed-test redis-server
 	$(BIN)/pip install --quiet -e '.[bench]' || echo "pyvips not installable: benchmark runs without it"
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.celery
+	$(BIN)/python -m bench.formats
+	$(BIN)/python -m bench.media
+	$(BIN)/python -m bench.fair
+	$(BIN)/python -m bench.hooks
+
+# The big-library rows (issue 19): polling at 10,000 / 100,000 / 1,000,000 photos (the trees are
+# built once under bench/cache/poll, ~2 min for 1M; the run takes ~10 min more), and a chown -R
+# of 5,000 photos while running and while stopped (root).
+bench-big: $(VENV)/.installed-test
+	$(BIN)/python -m bench.poll --sizes 10000,100000,1000000 --inplace-up-to 100000
+	$(BIN)/python -m bench.metadata --photos 5000 --rounds 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info
