@@ -16,38 +16,19 @@ from PIL import Image, features
 
 from helpers import CORPUS, CORNERS, corner_colour, cornered_image, edit_config, near, shown_corner, stored_test_image, thumb, wait_for
 from imagegen import swapped_primaries_profile
-from watcher.config import OutputConfig, SizeSpec
-from watcher.paths import Target
-from watcher.render import RenderError, RenderSettings, formats, render
+from rendering import fails, run, size
+from watcher.config import OutputConfig
+from watcher.render import RenderSettings, formats
 
 pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed: pip install -e '.[test]'")
 
 SETTINGS = 200_000_000
 
 
-def size(name: str = "s", width: int = 100, height: int = 100, **kw) -> SizeSpec:
-    return SizeSpec(name=name, width=width, height=height, **kw)
 
 
-def run(src: Path, out: Path, *sizes: SizeSpec, **output) -> list[Image.Image]:
-    sizes = sizes or (size(),)
-    ext = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-    targets = [Target(s, str(out / f"{s.name}.{ext[s.format]}")) for s in sizes]
-    result = render(str(src), targets, RenderSettings(OutputConfig(sizes=tuple(sizes), **output), SETTINGS))
-    images = []
-    for path, w, h in result.outputs:
-        im = Image.open(path)
-        im.load()
-        assert im.size == (w, h)
-        images.append(im)
-    return images
 
 
-def fails(src: Path, tmp_path: Path) -> str:
-    with pytest.raises(RenderError) as err:
-        run(src, tmp_path / "out")
-    assert type(err.value) is RenderError
-    return str(err.value)
 
 
 def heic(path: Path, im: Image.Image, *, orientation: int = 1, thumbnails: tuple[int, ...] = (), **params) -> Path:

@@ -12,16 +12,17 @@ Orientation is judged by four distinct corner colours against the Exif spec's wo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
 from helpers import CORNERS, REPO, corner_colour, edit_config, library_missing, near, stored_test_image, thumb, wait_for
 from mediagen import dng, preview_jpeg, textured
-from watcher.config import OutputConfig, SizeSpec, parse
-from watcher.paths import PathRules, Target
-from watcher.render import RenderError, RenderSettings, formats, render
+from rendering import fails, mean, size
+from rendering import run_rgb as run
+from watcher.config import parse
+from watcher.paths import PathRules
+from watcher.render import RenderSettings, formats, render
 
 rawpy = pytest.importorskip("rawpy", reason="the raw extra (rawpy) is not installed: pip install -e '.[test]'")
 
@@ -30,32 +31,12 @@ CORPUS_RAW = REPO.parent / "shared" / "corpus-raw"
 RED, GREEN, BLUE = (200, 30, 30), (30, 170, 40), (40, 50, 200)
 
 
-def size(name: str = "s", width: int = 100, height: int = 100, **kw) -> SizeSpec:
-    return SizeSpec(name=name, width=width, height=height, **kw)
 
 
-def run(src: Path, out: Path, *sizes: SizeSpec, **output) -> list[Image.Image]:
-    sizes = sizes or (size(),)
-    targets = [Target(s, str(out / f"{s.name}.jpg")) for s in sizes]
-    result = render(str(src), targets, RenderSettings(OutputConfig(sizes=tuple(sizes), **output), MAX_PIXELS))
-    images = []
-    for path, w, h in result.outputs:
-        im = Image.open(path)
-        im.load()
-        assert im.size == (w, h)
-        images.append(im.convert("RGB"))
-    return images
 
 
-def fails(src: Path, tmp_path: Path) -> str:
-    with pytest.raises(RenderError) as err:
-        run(src, tmp_path / "out")
-    assert type(err.value) is RenderError
-    return str(err.value)
 
 
-def mean(im: Image.Image) -> tuple[int, int, int]:
-    return tuple(round(v) for v in ImageStat.Stat(im).mean[:3])
 
 
 def dominant(im: Image.Image) -> str:

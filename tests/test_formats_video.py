@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageStat
+from PIL import Image
 
 from helpers import CORNERS, corner_colour, cornered_image, edit_config, library_missing, near, thumb
 from mediagen import audio_only, clip
-from watcher.config import OutputConfig, SizeSpec
+from rendering import fails, mean, size
+from rendering import run_rgb as run
+from watcher.config import OutputConfig
 from watcher.paths import Target
 from watcher.render import RenderError, RenderSettings, formats, render
 
@@ -32,32 +34,12 @@ RED, GREEN = (200, 30, 30), (30, 170, 40)
 W, H = 128, 96
 
 
-def size(name: str = "s", width: int = 100, height: int = 100, **kw) -> SizeSpec:
-    return SizeSpec(name=name, width=width, height=height, **kw)
 
 
-def run(src: Path, out: Path, *sizes: SizeSpec, **output) -> list[Image.Image]:
-    sizes = sizes or (size(),)
-    targets = [Target(s, str(out / f"{s.name}.jpg")) for s in sizes]
-    result = render(str(src), targets, RenderSettings(OutputConfig(sizes=tuple(sizes), **output), MAX_PIXELS))
-    images = []
-    for path, w, h in result.outputs:
-        im = Image.open(path)
-        im.load()
-        assert im.size == (w, h)
-        images.append(im.convert("RGB"))
-    return images
 
 
-def fails(src: Path, tmp_path: Path) -> str:
-    with pytest.raises(RenderError) as err:
-        run(src, tmp_path / "out")
-    assert type(err.value) is RenderError
-    return str(err.value)
 
 
-def mean(im: Image.Image) -> tuple[int, int, int]:
-    return tuple(round(v) for v in ImageStat.Stat(im).mean[:3])
 
 
 def flat(colour, size=(W, H)) -> Image.Image:

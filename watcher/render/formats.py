@@ -212,6 +212,33 @@ class Source:
         self.image.close()
 
 
+class OpenedSource(Source):
+    """A source whose size, metadata and type its decoder knows at open, before any pixels are
+    decoded (a RAW's sensor size, a video's display size): the decoder sets `_size`, `_info`
+    and `_mime`, and `image` holds what decode() made (None until then), for close()."""
+
+    image: Image.Image | None
+    _size: tuple[int, int]
+    _info: dict
+    _mime: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    @property
+    def info(self) -> dict:
+        return self._info
+
+    @property
+    def mime(self) -> str:
+        return self._mime
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+
+
 def read_exif(im: Image.Image) -> Image.Exif | None:
     try:
         exif = im.getexif()

@@ -32,7 +32,7 @@ from PIL import Image
 
 from . import memcap, preview
 from .errors import RenderError
-from .formats import Source, read_exif
+from .formats import OpenedSource, Source, read_exif
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _words(err: BaseException, said: list[str] | None = None) -> str:
     return f"{text}: {', '.join(extra)}" if extra else text
 
 
-class RawSource(Source):
+class RawSource(OpenedSource):
     """A RAW opened by LibRaw: its size and orientation known, nothing decoded yet."""
 
     def __init__(self, raw, kind: str | None, src: str):  # noqa: D107 - no Pillow image until decode
@@ -115,21 +115,8 @@ class RawSource(Source):
         self.orientation = FLIP_TO_EXIF.get(sizes.flip, 1)
         self._mime = MIME.get(os.path.splitext(src)[1].lower(), "image/x-dcraw")
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self._size
-
-    @property
-    def info(self) -> dict:
-        return self._info
-
-    @property
-    def mime(self) -> str:
-        return self._mime
-
     def close(self) -> None:
-        if self.image is not None:
-            self.image.close()
+        super().close()
         self._raw.close()
 
     def decode(self, need: tuple[int, int] | None, embedded_preview: bool) -> tuple[Image.Image, tuple | None]:

@@ -34,7 +34,7 @@ from PIL import Image, ImageStat
 
 from . import colour, memcap
 from .errors import RenderError
-from .formats import Source
+from .formats import OpenedSource, Source
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _luma(frame) -> float:
     return ImageStat.Stat(small.to_image().convert("L")).mean[0]
 
 
-class VideoSource(Source):
+class VideoSource(OpenedSource):
     """A video opened by FFmpeg, its poster frame decoded (in stored orientation), the turn its
     display matrix or rotate tag asks for known."""
 
@@ -146,21 +146,8 @@ class VideoSource(Source):
         turn = _frame_turn(self._frame)
         self.orientation = TURN_TO_EXIF.get(turn if turn is not None else _metadata_turn(stream), 1)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self._size
-
-    @property
-    def info(self) -> dict:
-        return self._info
-
-    @property
-    def mime(self) -> str:
-        return self._mime
-
     def close(self) -> None:
-        if self.image is not None:
-            self.image.close()
+        super().close()
         self._container.close()
 
     def decode(self, need: tuple[int, int] | None, embedded_preview: bool) -> tuple[Image.Image, tuple | None]:
