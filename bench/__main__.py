@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -37,6 +36,7 @@ from watcher.paths import Target
 from watcher.render import RenderSettings, render
 
 from .daemon import BenchDaemon, count_files, cpu_ticks, vm_kb
+from bench import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = corpus.CACHE / "run"
@@ -709,13 +709,7 @@ def targets(r: dict) -> list[tuple[str, str, str]]:
 
 
 def machine() -> dict:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     from PIL import features
 
     return {

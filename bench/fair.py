@@ -24,7 +24,6 @@ import argparse
 import multiprocessing
 import os
 import platform
-import re
 import secrets
 import shutil
 import statistics
@@ -38,6 +37,7 @@ from PIL import Image
 
 from . import corpus
 from .daemon import BenchDaemon, count_files
+from bench import cpu_name  # noqa: E402
 
 WORK = corpus.CACHE / "run-fair"
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -49,13 +49,7 @@ STOP_DROPPING_AT = 0.9  # drops go on until this share of the import is rendered
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{platform.node()}: {cpu} ({platform.machine()}), {os.cpu_count()} CPUs ({WORKERS} usable), "
             f"load average {load}, Python {platform.python_version()}, Pillow {Image.__version__}")

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import corpus
+from bench import corpus, cpu_name
 
 CACHE = corpus.CACHE / "poll"
 PER_FOLDER = 100
@@ -248,13 +248,7 @@ def measure(photos: Path, count: int, observer: str, args: argparse.Namespace, r
 
 
 def machine() -> dict:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
