@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import corner_colour, edit_config, heavy, is_blue, is_red, jpeg_bytes, make_jpeg, move_in, stage, temp_files, thumb, wait_for
+from helpers import (corner_colour, edit_config, flat_jpeg_bytes, heavy, is_blue, is_red, jpeg_bytes, make_jpeg, mean_colour, move_in,
+                     same_colour, stage, temp_files, thumb, wait_for)
 from imagegen import camera_like_jpeg
 
 OK = r"\bok \S*{name}\S* -> "
@@ -341,3 +342,28 @@ def test_thumbnail_folders_inside_the_watched_tree_take_no_inotify_watch(project
     watched = inotify_watched_inodes(daemon.proc.pid)
     assert inodes(photos / "a", thumbs, thumbs / "a") <= watched
     assert not inodes(photos / "previews", photos / "previews" / "a") & watched
+
+
+def test_a_photo_whose_upload_pauses_longer_than_settle_seconds_gets_one_thumbnail_and_no_failure(project, start_daemon):
+    """A phone uploading over Wi-Fi: the file is created, half written, and the writer pauses
+    longer than settle_seconds before the rest and the close. The settler's fallback renders it
+    half-way (it might be a hard link that will never be closed); truncated before its
+    close-write, that is no failure: no `failed` line, and one thumbnail of the whole photo."""
+    config = project / "config.yaml"
+    config.write_text(re.sub(r"(?m)^  level: \w+$", "  level: debug", config.read_text()))  # for the line it waits for
+    daemon = start_daemon()
+    daemon.wait_ready()
+    colour = (40, 90, 210)
+    data = flat_jpeg_bytes(colour, 640, 480)
+    out = thumb(project, "upload.jpg")
+    with open(project / "photos" / "upload.jpg", "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        # the writer's own pause, past settle_seconds (0.3) and the master's housekeeping turn
+        daemon.wait_log(r"incomplete and not closed yet, waiting for its close-write: \S*upload\.jpg", timeout=20)
+        assert not out.exists()
+        f.write(data[len(data) // 2 :])
+    daemon.wait_log(OK.format(name="upload"))
+    assert same_colour(mean_colour(out), colour)
+    assert not daemon.matching(r" failed /"), daemon.text()
+    assert len(daemon.matching(OK.format(name="upload"))) == 1

@@ -661,3 +661,116 @@ def test_without_a_marker_to_touch_a_restamp_waits_two_seconds_and_gives_up_afte
     assert restamps.due() == [], "a barrier was sent: it waits for it"
     clock.now += 31
     assert restamps.due() == [(str(photo), None)], "a minute without the barrier: looked at as after a write"
+
+
+# ---- a file created and not yet closed: a paused writer is not a truncated photo ------------------
+
+
+def half_written(svc: Service, name: str) -> tuple[str, bytes]:
+    """A photo whose writer has written its first half and paused, the file still open."""
+    path = photo(svc, name)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return path, data
+
+
+def test_a_new_file_whose_writer_pauses_past_settle_seconds_fails_quietly_until_its_close_write(master, caplog):
+    """The fallback renders a new file that held still for settle_seconds (it may be a hard link
+    that will never be closed after writing); failing as truncated before its close-write came, it
+    is not failed: it waits for its close-write (or a minute), and the close-write renders it."""
+    from watcher.settling import UNCLOSED_PATIENCE
+
+    a, data = half_written(master, "a.jpg")
+    master.admission.created(a)
+    with caplog.at_level(logging.DEBUG, logger="watcher"):
+        step(master, 2.5)  # held still for settle_seconds: the fallback renders it
+        assert taken(master) == [a]
+        master.executor.finish(a, Failed, reason="truncated JPEG")
+        step(master)
+        assert master.admission.where(a) == "settling" and len(master.failures) == 0 and master.stats.failed == 0
+        step(master, UNCLOSED_PATIENCE - 1)  # paused longer still: not rendered again half-way
+        assert taken(master) == [] and master.admission.where(a) == "settling"
+        with open(a, "ab") as f:
+            f.write(data[len(data) // 2:])
+        master.admission.arrived(a)  # its close-write: at once
+        step(master)
+        assert taken(master) == [a]
+        master.executor.finish(a)
+        step(master)
+    assert master.admission.where(a) is None and master.stats.done == 1 and len(master.failures) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+    assert any("waiting for its close-write" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_a_new_file_never_closed_is_failed_after_a_minute_without_a_change(master, caplog):
+    """An upload that died half-way: its failure is said once it held still for UNCLOSED_PATIENCE
+    (a write meanwhile starts that wait again), not at every pause."""
+    from watcher.settling import UNCLOSED_PATIENCE
+
+    a, data = half_written(master, "a.jpg")
+    master.admission.created(a)
+    step(master, 2.5)
+    master.executor.finish(a, Failed, reason="truncated JPEG")
+    step(master)
+    step(master, UNCLOSED_PATIENCE - 10)
+    with open(a, "ab") as f:
+        f.write(data[len(data) // 2 : len(data) * 3 // 4])  # the writer went on, then stopped for good
+    step(master, 1)  # the change is seen
+    step(master, UNCLOSED_PATIENCE - 1)
+    assert taken(master) == [], "a change starts the minute again"
+    with caplog.at_level(logging.INFO, logger="watcher"):
+        step(master, 2)
+        assert taken(master) == [a]
+        master.executor.finish(a, Failed, reason="truncated JPEG")
+        step(master)
+    assert master.admission.where(a) is None and master.failures.items()[0][1].reason == "truncated JPEG"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [f"failed {a}: truncated JPEG"]
+
+
+def test_a_file_closed_or_linked_complete_fails_at_once(master, tmp_path):
+    """What the hold is not for: a file whose close-write came, and a file the fallback rendered
+    that fails for a reason other than being incomplete (a corrupt photo published by `ln; rm`)."""
+    a = photo(master, "a.jpg")
+    master.admission.created(a)
+    master.admission.arrived(a)  # closed after writing: complete, as far as anyone can tell
+    step(master)
+    master.executor.finish(a, Failed, reason="truncated JPEG")
+    staged = tmp_path / "staged.jpg"
+    staged.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    b = master.rules.roots[0] + "/b.jpg"
+    os.link(staged, b)
+    os.unlink(staged)
+    master.admission.created(b)
+    step(master, 2.5)
+    master.executor.finish(b, Failed, reason="corrupt JPEG header")
+    step(master)
+    assert sorted(path for path, _failure in master.failures.items()) == sorted([a, b])
+    assert master.admission.where(a) is None and master.admission.where(b) is None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_what_the_decoders_say_of_a_cut_file_counts_as_incomplete(tmp_path, fmt):
+    """The hold above keys on the reason's words: the real decoders' reasons for a file cut at
+    any point past its first bytes must count as incomplete (an oracle apart from the list). (A
+    PNG cut only in its last chunks may decode whole: no reason then.)"""
+    from helpers import stored_test_image
+    from watcher.admission import _incomplete
+    from watcher.config import OutputConfig, SizeSpec
+    from watcher.paths import Target
+    from watcher.render import RenderError, RenderSettings, render
+
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    stored_test_image(300, 200, 1).save(whole, fmt)
+    data = whole.read_bytes()
+    size = SizeSpec(name="s", width=64, height=64)
+    settings = RenderSettings(OutputConfig(sizes=(size,)), 100_000_000)
+    failed = []
+    for cut in (0.1, 0.3, 0.5, 0.9, 0.99):
+        part = tmp_path / f"cut{cut}.{fmt.lower()}"
+        part.write_bytes(data[: int(len(data) * cut)])
+        try:
+            render(str(part), [Target(size, str(tmp_path / "out" / f"{cut}.jpg"))], settings)
+        except RenderError as err:
+            assert _incomplete(str(err)), f"{fmt} cut at {cut:.0%}: {err}"
+            failed.append(cut)
+    assert failed[:4] == [0.1, 0.3, 0.5, 0.9], "cut in its image data, it must fail"

@@ -7,8 +7,9 @@ place at a time, and `where(path)` says which:
   queued     waiting in the job queue (live lane or scan lane; jobs.py)
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still, or,
-             for a file just created, once it is closed after writing, whichever comes first
-             (settling.py)
+             for a file just created, once it is closed after writing, whichever comes first;
+             one that failed as incomplete before its close-write came waits for that, or a
+             minute without a change, failure unsaid (settling.py)
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
@@ -295,6 +296,7 @@ class Admission:
                     continue
                 job = self._admit(path)
                 if job is None:
+                    self.settling.done(path)
                     continue
             self.in_flight.add(job)
             if block is not None:
@@ -339,6 +341,7 @@ class Admission:
             self._output_ok()
         match outcome:
             case Rendered(ms=ms, outputs=outputs, host=host):
+                self.settling.done(job.path)
                 self.stats.done += 1
                 self.stats.render_ms.append(ms)
                 self.failures.forget(job.path)
@@ -351,13 +354,17 @@ class Admission:
                 else:
                     self.stats.vanished += 1
             case Failed(reason=reason, host=host):
-                if _still_changing(job, self.wallclock() - self.config.watch.settle_seconds):
+                if self.settling.may_be_unfinished(job.path) and _incomplete(reason) and (st := _stat(job.path)):
+                    logger.debug("incomplete and not closed yet, waiting for its close-write: %s (%s)", shown(job.path), reason)
+                    self.settling.hold(job.path, st)  # settling.py: a paused writer, most likely
+                elif _still_changing(job, self.wallclock() - self.config.watch.settle_seconds):
                     logger.debug("changed while rendering, will render again once it settles: %s", shown(job.path))
                     self.settle(job.path)
                 else:
                     self._fail(job.path, _stat(job.path), reason + _on(host))
             case OutputBlocked(reason=reason, errno=err_no):
-                self._output_blocked(job, reason, err_no)
+                self.held.appendleft(job)  # hold work, probe with back-off
+                self.block = _block_output(self.block, reason, err_no, self.clock())
             case Returned():
                 self.held.append(job)  # never started: no attempt counted
             case Lost(worker=worker, how=how):
@@ -386,21 +393,13 @@ class Admission:
         would show the wrong picture, so it goes."""
         if not self.present(path):
             return  # its watched folder is unavailable (roots.py): no fault of the photo's
+        self.settling.done(path)
         self.stats.failed += 1
         self.failures.record(path, st, reason)
         if st is not None and self.config.output.style != "freedesktop" and self.rules.wants(path):
             remove_thumbnails(self.rules.targets(path))
         if log:
             say_failed(logger, path, reason)
-
-    def _output_blocked(self, job: Job, reason: str, err_no: int | None) -> None:
-        """One error line per condition (by errno), not one per photo: hold work, probe with back-off."""
-        self.held.appendleft(job)
-        if self.block is None:
-            self.block = OutputBlock(reason, err_no, next_try=self.clock() + 1.0)
-            logger.error("cannot write thumbnails: %s; holding photos and retrying with back-off", reason)
-        elif self.block.blocked_again(reason, err_no, self.clock()):
-            logger.error("cannot write thumbnails, now for another reason: %s", reason)
 
     def _output_ok(self) -> None:
         logger.info("thumbnails can be written again; resuming %d held photo(s)", self.waiting())
@@ -413,9 +412,20 @@ class Admission:
         those whose attributes alone changed and that stayed quiet since."""
         self.restamp_due()
         for path, st in self.settling.still(self.config.watch.settle_seconds):
-            if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)) or self.queue.offer(path):
+            if self.failures.known(path, st) or self.fresh(st, self.rules.targets(path)):
                 self.settling.discard(path)
+            elif self.queue.offer(path):
+                self.settling.queued(path)
 
+
+def _block_output(block: OutputBlock | None, reason: str, err_no: int | None, now: float) -> OutputBlock:
+    """One error line per condition (by errno), not one per photo."""
+    if block is None:
+        logger.error("cannot write thumbnails: %s; holding photos and retrying with back-off", reason)
+        return OutputBlock(reason, err_no, next_try=now + 1.0)
+    if block.blocked_again(reason, err_no, now):
+        logger.error("cannot write thumbnails, now for another reason: %s", reason)
+    return block
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -432,6 +442,16 @@ def _still_changing(job: Job, young_after: float) -> bool:
     if st is None:
         return False
     return (st.st_size, st.st_mtime_ns, st.st_ino) != (job.size, job.mtime_ns, job.ino) or st.st_mtime > young_after
+
+
+# What the decoders say of a file that ends too soon (render/diagnose.py, video.py, heif.py;
+# LibRaw's "unexpected end of file"): for one not yet closed after writing, "not finished yet".
+INCOMPLETE = ("truncated", "incomplete", "end of file", "no end marker")
+
+
+def _incomplete(reason: str) -> bool:
+    lowered = reason.lower()
+    return any(words in lowered for words in INCOMPLETE)
 
 
 def _photo_level(config: Config) -> int:

@@ -1,5 +1,16 @@
 """The photos that may still be being written, and those waiting to have their thumbnails
 re-stamped: each waits for quiet; admission decides what happens once it is.
+
+A file whose creation was seen waits for its close-write. Should none come, holding still for
+settle_seconds is the fallback: a hard link whose other name went before we looked (`ln staged
+x.jpg; rm staged`) is complete and will never be closed after writing, and must not wait long.
+But a writer that only paused (a phone uploading over Wi-Fi) looks the same, so until its
+close-write comes such a file stays "unclosed": should its render fail as incomplete, admission
+holds the failure quietly and the file waits again, for its close-write or for UNCLOSED_PATIENCE
+seconds without a change, and only a failure after that is said and recorded. A minute: a
+paused upload resumes within seconds; one silent for a minute has most likely died, and the
+person should hear of the partial file. Should it resume later all the same, the change retries
+it (a failure record holds only while size and mtime stay as they were).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from .roots import MARKER
 RESTAMP_AFTER = 2.0
 BARRIER_LOST = 5.0
 GIVE_UP_AFTER = 60.0
+UNCLOSED_PATIENCE = 60.0
 
 
 @dataclass
@@ -28,6 +40,7 @@ class Settling:
     mtime_ns: int
     since: float
     until_closed: bool = False  # just created: its close-write ends the wait (holding still is the fallback)
+    patient: bool = False  # rendered by the fallback, failed as incomplete: UNCLOSED_PATIENCE, not settle_seconds
 
 
 class Settler:
@@ -37,6 +50,7 @@ class Settler:
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
         self.files: dict[str, Settling] = {}
+        self.unclosed: set[str] = set()  # queued by the fallback, no close-write seen since
 
     def __contains__(self, path: str) -> bool:
         return path in self.files
@@ -45,14 +59,42 @@ class Settler:
         return len(self.files)
 
     def wait(self, path: str, st: os.stat_result, *, until_closed: bool = False) -> None:
+        if path in self.unclosed:  # back from the queue (empty, changed while rendered): still unclosed
+            self.unclosed.discard(path)
+            until_closed = True
         self.files[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed)
 
     def discard(self, path: str) -> None:
         self.files.pop(path, None)
+        self.unclosed.discard(path)
+
+    def queued(self, path: str) -> None:
+        """It held still and is queued: one not closed yet stays unclosed until its outcome
+        (unless it already waited out UNCLOSED_PATIENCE)."""
+        waiting = self.files.pop(path, None)
+        if waiting is not None and waiting.until_closed and not waiting.patient:
+            self.unclosed.add(path)
+
+    def may_be_unfinished(self, path: str) -> bool:
+        """Created and not yet closed after writing: failing as incomplete may only mean that it
+        is not finished yet."""
+        waiting = self.files.get(path)
+        return path in self.unclosed or (waiting is not None and waiting.until_closed)
+
+    def hold(self, path: str, st: os.stat_result) -> None:
+        """Its render failed as incomplete before its close-write came: wait for that, or for
+        UNCLOSED_PATIENCE seconds without a change."""
+        self.unclosed.discard(path)
+        self.files[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed=True, patient=True)
+
+    def done(self, path: str) -> None:
+        """Rendered, or its failure recorded (or not rendered at all): nothing left to wait for."""
+        self.unclosed.discard(path)
 
     def closed(self, path: str) -> bool:
         """Closed after writing: True unless it is one suspected of being written in bursts,
         which waits until it holds still."""
+        self.unclosed.discard(path)
         waiting = self.files.get(path)
         if waiting is not None:
             if not waiting.until_closed:
@@ -61,7 +103,8 @@ class Settler:
         return True
 
     def still(self, quiet: float) -> list[tuple[str, os.stat_result]]:
-        """The files whose size and mtime have held still for `quiet` seconds, with their stat.
+        """The files whose size and mtime have held still for `quiet` seconds (a held one:
+        UNCLOSED_PATIENCE), with their stat.
         Those gone are dropped; those that changed start their quiet time again."""
         now = self.clock()
         still = []
@@ -71,7 +114,7 @@ class Settler:
                 del self.files[path]
             elif (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
                 self.files[path] = replace(seen, size=st.st_size, mtime_ns=st.st_mtime_ns, since=now)
-            elif now - seen.since >= quiet:
+            elif now - seen.since >= (UNCLOSED_PATIENCE if seen.patient else quiet):
                 still.append((path, st))
         return still
 
