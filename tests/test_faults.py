@@ -435,3 +435,66 @@ def test_inotify_watch_limit_on_subfolders_is_reported_and_they_are_polled(proje
     make_jpeg(project / "photos" / "notified.jpg")
     wait_for(thumb(project, "sub39/polled.jpg").exists, 20, message="photo in a folder inotify could not watch")
     wait_for(thumb(project, "notified.jpg").exists, 20, message="photo in the watched top folder")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_a_log_folder_removed_while_running_costs_the_log_not_the_daemon(project, start_daemon):
+    """`rm -rf` of log.file's folder while the daemon runs: logging must never stop it. Photos are
+    still rendered, stderr says once that the log is lost (the folder is not made again: the
+    admin removed it), and SIGTERM still drains: exit 0, every worker gone (Python 3.11's
+    WatchedFileHandler raised from every log call, and the drain that could not log never sent
+    its poison pills: the process hung for good in its exit, holding its lock)."""
+    edit_config(project, "log:\n", "log:\n  file: logs/thumbwatch.log\n")
+    log_file = project / "logs" / "thumbwatch.log"
+    daemon = start_daemon()
+    wait_for(lambda: log_file.exists() and re.search(r"\bready\b", log_file.read_text()), 30, message="ready, in the log file")
+    workers = daemon.children()
+    assert workers, "no worker processes seen"
+    shutil.rmtree(project / "logs")
+    for i in range(2):  # the first log call after the rmtree, and the ones after it
+        make_jpeg(project / "photos" / f"after{i}.jpg")
+        wait_for(lambda i=i: thumb(project, f"after{i}.jpg").exists(), 20, message=f"after{i}.jpg rendered with the log gone")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0, daemon.text()
+    wait_for(lambda: not [pid for pid in workers if _alive(pid)], 10, message=f"worker processes {workers} to exit")
+    said = daemon.matching(r"cannot write the log file")
+    assert len(said) == 1 and str(log_file) in said[0], daemon.text()
+    assert "Traceback" not in daemon.text(), daemon.text()
+    assert not (project / "logs").exists(), "the folder the admin removed was made again"
+
+
+def test_the_log_file_handler_never_raises_says_so_once_and_writes_again_once_it_can(tmp_path, capsys):
+    """In-process, the handler alone: its folder removed, no log call raises and stderr hears it
+    once; the folder made again (by the admin), lines go to the file again."""
+    import logging
+
+    from watcher.logsetup import LogFileHandler
+
+    (tmp_path / "logs").mkdir()
+    path = tmp_path / "logs" / "t.log"
+    handler = LogFileHandler(path, encoding="utf-8")
+    log = logging.getLogger("test_faults.logfile")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.warning("before")
+        shutil.rmtree(tmp_path / "logs")
+        for i in range(3):
+            log.warning("lost %d", i)
+        assert not (tmp_path / "logs").exists()
+        (tmp_path / "logs").mkdir()
+        log.warning("after")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"thumbwatch: cannot write the log file {path}: No such file or directory; log lines are lost until it can be opened again",
+                   f"thumbwatch: writing the log file {path} again"], err
+    assert path.read_text() == "after\n"

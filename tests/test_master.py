@@ -436,6 +436,26 @@ def test_a_bug_in_the_loop_still_drains_and_saves_state(master, caplog):
     assert "a.jpg" in (Path(master.config.state.dir) / "failures.json").read_text()
 
 
+class RaisingHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+
+def test_a_log_call_that_raises_cannot_keep_the_pills_from_the_workers(master, caplog):
+    """A handler that raises (Python 3.11's WatchedFileHandler did, its folder removed: logsetup.py
+    fences it now) must not keep drain() from telling the executor to drain first: a worker
+    without its pill keeps the process from ever exiting."""
+    handler = RaisingHandler()
+    logger = logging.getLogger("watcher")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="watcher"), pytest.raises(FileNotFoundError):
+            master.drain()
+    finally:
+        logger.removeHandler(handler)
+    assert master.executor.draining
+
+
 def test_reload_during_a_backlog_keeps_the_queue_and_resizes(master, tmp_path):
     paths = [photo(master, f"p{i}.jpg") for i in range(6)]
     master.executor.slots = 0

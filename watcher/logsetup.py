@@ -69,6 +69,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+class LogFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler that never raises into the caller. Python 3.11's reopens the file
+    outside any try: with its folder removed every log call raised, and a master that cannot log
+    could not drain. The folder is not made again (the admin removed it): stderr hears once that
+    lines are lost, and writing resumes once the file can be opened again."""
+
+    lost = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except OSError as err:
+            self.stream = None  # opened again at the next record
+            if not self.lost:
+                self.lost = True
+                _say(f"thumbwatch: cannot write the log file {self.baseFilename}: {err.strerror or err}; "
+                     "log lines are lost until it can be opened again")
+        else:
+            if self.lost:
+                self.lost = False
+                _say(f"thumbwatch: writing the log file {self.baseFilename} again")
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass  # no stderr (a classic daemon's is /dev/null at best): nowhere left to tell
+
+
 def configure(log: LogConfig) -> None:
     global _handler
     root = logging.getLogger()
@@ -77,7 +107,7 @@ def configure(log: LogConfig) -> None:
         _handler.close()
     if log.file is not None:
         log.file.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(log.file, encoding="utf-8")
+        handler: logging.Handler = LogFileHandler(log.file, encoding="utf-8")
         formatter: logging.Formatter = TerminalFormatter()
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -95,7 +125,10 @@ def configure(log: LogConfig) -> None:
 def reopen() -> None:
     """After logrotate moved the file: open the path again (SIGHUP)."""
     if isinstance(_handler, logging.handlers.WatchedFileHandler):
-        _handler.reopenIfNeeded()
+        try:
+            _handler.reopenIfNeeded()
+        except OSError:
+            pass  # its folder is gone: LogFileHandler says so at the next line
 
 
 class ForwardingHandler(logging.Handler):
