@@ -360,7 +360,7 @@ def test_a_photo_whose_upload_pauses_longer_than_settle_seconds_gets_one_thumbna
         f.write(data[: len(data) // 2])
         f.flush()
         # the writer's own pause, past settle_seconds (0.3) and the master's housekeeping turn
-        daemon.wait_log(r"incomplete and not closed yet, waiting for its close-write: \S*upload\.jpg", timeout=20)
+        daemon.wait_log(r"failed before its close-write, waiting for that: \S*upload\.jpg", timeout=20)
         assert not out.exists()
         f.write(data[len(data) // 2 :])
     daemon.wait_log(OK.format(name="upload"))

@@ -8,8 +8,8 @@ place at a time, and `where(path)` says which:
   held       back from a worker that died, or waiting out an output block
   settling   possibly still being written: queued once its size and mtime hold still, or,
              for a file just created, once it is closed after writing, whichever comes first;
-             one that failed as incomplete before its close-write came waits for that, or a
-             minute without a change, failure unsaid (settling.py)
+             one whose render failed before its close-write came waits for that, or a minute
+             without a change, its failure unsaid (settling.py)
   in-flight  with the executor (and, when an event came for it meanwhile, looked at again
              once its outcome is in: one render of a photo at a time)
 
@@ -354,8 +354,8 @@ class Admission:
                 else:
                     self.stats.vanished += 1
             case Failed(reason=reason, host=host):
-                if self.settling.may_be_unfinished(job.path) and _incomplete(reason) and (st := _stat(job.path)):
-                    logger.debug("incomplete and not closed yet, waiting for its close-write: %s (%s)", shown(job.path), reason)
+                if self.settling.may_be_unfinished(job.path) and (st := _stat(job.path)):
+                    logger.debug("failed before its close-write, waiting for that: %s (%s)", shown(job.path), reason)
                     self.settling.hold(job.path, st)  # settling.py: a paused writer, most likely
                 elif _still_changing(job, self.wallclock() - self.config.watch.settle_seconds):
                     logger.debug("changed while rendering, will render again once it settles: %s", shown(job.path))
@@ -442,16 +442,6 @@ def _still_changing(job: Job, young_after: float) -> bool:
     if st is None:
         return False
     return (st.st_size, st.st_mtime_ns, st.st_ino) != (job.size, job.mtime_ns, job.ino) or st.st_mtime > young_after
-
-
-# What the decoders say of a file that ends too soon (render/diagnose.py, video.py, heif.py;
-# LibRaw's "unexpected end of file"): for one not yet closed after writing, "not finished yet".
-INCOMPLETE = ("truncated", "incomplete", "end of file", "no end marker")
-
-
-def _incomplete(reason: str) -> bool:
-    lowered = reason.lower()
-    return any(words in lowered for words in INCOMPLETE)
 
 
 def _photo_level(config: Config) -> int:

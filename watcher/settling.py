@@ -5,12 +5,15 @@ A file whose creation was seen waits for its close-write. Should none come, hold
 settle_seconds is the fallback: a hard link whose other name went before we looked (`ln staged
 x.jpg; rm staged`) is complete and will never be closed after writing, and must not wait long.
 But a writer that only paused (a phone uploading over Wi-Fi) looks the same, so until its
-close-write comes such a file stays "unclosed": should its render fail as incomplete, admission
-holds the failure quietly and the file waits again, for its close-write or for UNCLOSED_PATIENCE
-seconds without a change, and only a failure after that is said and recorded. A minute: a
-paused upload resumes within seconds; one silent for a minute has most likely died, and the
-person should hear of the partial file. Should it resume later all the same, the change retries
-it (a failure record holds only while size and mtime stay as they were).
+close-write comes such a file stays "unclosed": should its render fail, admission holds the
+failure quietly and the file waits again, for its close-write or for UNCLOSED_PATIENCE seconds
+without a change, and only a failure after that is said and recorded. Whatever the reason: a
+cut file is not always called truncated (a HEIC cut before its meta box is "corrupt HEIF", a
+DNG cut anywhere "not a camera RAW that LibRaw can read"); the price is that a corrupt photo
+published by `ln; rm` is said to fail a minute late. A minute: a paused upload resumes within
+seconds; one silent for a minute has most likely died, and the person should hear of the
+partial file. Should it resume later all the same, the change retries it (a failure record
+holds only while size and mtime stay as they were).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Settling:
     mtime_ns: int
     since: float
     until_closed: bool = False  # just created: its close-write ends the wait (holding still is the fallback)
-    patient: bool = False  # rendered by the fallback, failed as incomplete: UNCLOSED_PATIENCE, not settle_seconds
+    patient: bool = False  # rendered by the fallback and failed: UNCLOSED_PATIENCE, not settle_seconds
 
 
 class Settler:
@@ -76,13 +79,13 @@ class Settler:
             self.unclosed.add(path)
 
     def may_be_unfinished(self, path: str) -> bool:
-        """Created and not yet closed after writing: failing as incomplete may only mean that it
-        is not finished yet."""
+        """Created and not yet closed after writing: a failed render may only mean that it is
+        not finished yet."""
         waiting = self.files.get(path)
         return path in self.unclosed or (waiting is not None and waiting.until_closed)
 
     def hold(self, path: str, st: os.stat_result) -> None:
-        """Its render failed as incomplete before its close-write came: wait for that, or for
+        """Its render failed before its close-write came: wait for that, or for
         UNCLOSED_PATIENCE seconds without a change."""
         self.unclosed.discard(path)
         self.files[path] = Settling(st.st_size, st.st_mtime_ns, self.clock(), until_closed=True, patient=True)
