@@ -366,10 +366,12 @@ class Service:
         save state. Queued work is found again by the next start's catch-up."""
         in_hand = self.executor.in_hand()
         waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
-        self.executor.drain()  # first, before anything that could fail (a log line even): the pills go out
-        logger.info("draining: %d photo(s) in hand with %s, %d queued (found again by the next start's catch-up)",
-                    in_hand, summary(self.executor), waiting)
-        self.control.close()  # no more commands; a request waiting is told "stopping"
+        try:
+            logger.info("draining: %d photo(s) in hand with %s, %d queued (found again by the next start's catch-up)",
+                        in_hand, summary(self.executor), waiting)
+            self.control.close()  # no more commands; a request waiting is told "stopping"
+        finally:  # even when a log line fails: without its pill a worker keeps the process from exiting
+            self.executor.drain()  # first: from now on nothing starts that wasn't already started
         self.notifier.stopping(f"draining: {in_hand} in flight")
         self.watching.stop()
         if self.scanner is not None:
