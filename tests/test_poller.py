@@ -308,6 +308,8 @@ def test_a_polling_daemon_renders_new_photos_and_removes_thumbnails_of_deleted_o
     wait_for(lambda: (thumbs / "trip" / "day1" / "new.jpg").exists() and (thumbs / "later" / "blue.jpg").exists())
     assert max(mean_colour(thumbs / "trip" / "day1" / "new.jpg")) == mean_colour(thumbs / "trip" / "day1" / "new.jpg")[1]
     assert max(mean_colour(thumbs / "later" / "blue.jpg")) == mean_colour(thumbs / "later" / "blue.jpg")[2]
+    daemon.wait_log(r"\bok \S*later/blue\.jpg")  # its ok line follows its thumbnail: count after both
+    daemon.wait_log(r"\bok \S*day1/new\.jpg")
     before = len(daemon.matching(r"\bok /"))
     os.rename(photos / "trip", photos / "journey")
     wait_for(lambda: (thumbs / "journey" / "day1" / "new.jpg").exists() and not (thumbs / "trip").exists(),
