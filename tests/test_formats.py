@@ -67,10 +67,11 @@ def test_a_library_installed_after_start_is_seen_by_the_next_check(monkeypatch):
 
 def test_the_config_refuses_it_naming_the_key(tmp_path):
     from watcher.config import ConfigError, load
+    from watcher.render.formats import require_decoders
 
     path = config_text(tmp_path, '["*.jpg", "*.HEIC"]')
     with library_missing("pillow_heif"), pytest.raises(ConfigError) as err:
-        load(path, base_dir=tmp_path)
+        require_decoders(load(path, base_dir=tmp_path))
     assert str(err.value) == (f"{path}: watch.patterns: a pattern this install cannot decode: "
                               "'*.heic': HEIF needs pillow-heif: pip install 'thumbwatch[heif]'")
     assert load(config_text(tmp_path, '["*.jpg"]'), base_dir=tmp_path).watch.patterns == ("*.jpg",)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__, control, instance
 from .config import EX_CONFIG, Config, ConfigError, check_folders, dump, load
+from .render.formats import require_decoders
 from .logsetup import under_journald
 from .paths import shown
 
@@ -91,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> Config:
     # Absolute, as relative paths in it are: a reload (SIGHUP) after --daemon moved to / must
     # find the same files.
-    return load(os.path.abspath(args.config), base_dir=Path.cwd())
+    config = load(os.path.abspath(args.config), base_dir=Path.cwd())
+    require_decoders(config)
+    return config
 
 
 def _lock(config: Config) -> instance.Instance:
@@ -106,9 +109,7 @@ def _lock(config: Config) -> instance.Instance:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     check_folders(config)
-    from .render.formats import check_patterns
-
-    for line in check_patterns(config.watch.patterns):  # which decoder serves each pattern
+    for line in require_decoders(config):  # which decoder serves each pattern
         print(f"# watch.patterns: {line}", file=sys.stderr)
     print(f"# {config.source}: OK", file=sys.stderr)
     sys.stdout.write(dump(config))

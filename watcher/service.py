@@ -32,6 +32,7 @@ from .events import Notice
 from .executor import Executor, ExecutorBroken, WakePipe
 from .paths import PathRules, shown
 from .render import RenderSettings
+from .render.formats import require_decoders
 from .roots import RootMonitor
 from .scan import Scanner, ScanReport
 from .state import FailureStore
@@ -331,6 +332,7 @@ class Service:
         self.notifier.reloading()
         try:
             new = config_mod.load(self.config.source, base_dir=self.base_dir)
+            require_decoders(new)
         except ConfigError as err:
             logger.error("reload refused, still running the previous config: %s", err)
             logsetup.reopen()

@@ -44,6 +44,7 @@ from PIL import Image
 
 from .diagnose import NOT_IMAGES
 from .errors import RenderError
+from ..configfile import ConfigError
 from ..paths import JPEG_EXTS
 
 ORIENTATION = 0x0112
@@ -301,3 +302,12 @@ def check_patterns(patterns: Iterable[str]) -> list[str]:
     importlib.invalidate_caches()
     _missing.cache_clear()
     return [serving(p) for p in patterns]
+
+
+def require_decoders(config) -> list[str]:
+    """check_patterns for a loaded config, as a config error naming the key: the start,
+    check-config and every reload call it (config.py cannot: render imports config)."""
+    try:
+        return check_patterns(config.watch.patterns)
+    except UnservedPattern as err:
+        raise ConfigError(f"{config.source}: watch.patterns: a pattern this install cannot decode: {err}") from None
