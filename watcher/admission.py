@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from . import treeevents
 from .config import Config
 from .backends.results import say_bug, say_failed, say_rendered, say_vanished
 from .executor import Crashed, Failed, Job, Lost, OutputBlocked, Outcome, Rendered, Returned, TimedOut, Vanished
@@ -248,7 +249,9 @@ class Admission:
         self.settling.discard(path)
         self.failures.forget(path)
         if self.config.output.delete_with_photo and self.present(path):
-            removed = remove_thumbnails(self.rules.targets(path))
+            gone: list[str] = []
+            removed = remove_thumbnails(self.rules.targets(path), gone)
+            treeevents.removed(gone, why="deleted", photo=path)
             if removed:
                 logger.log(_photo_level(self.config), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
 
@@ -342,6 +345,7 @@ class Admission:
         match outcome:
             case Rendered(ms=ms, outputs=outputs, host=host):
                 self.settling.done(job.path)
+                treeevents.rendered(job.path, job.targets, outcome.thumbnails, ms, host, outcome.placeholder)
                 self.stats.done += 1
                 self.stats.render_ms.append(ms)
                 self.failures.forget(job.path)
@@ -396,8 +400,10 @@ class Admission:
         self.settling.done(path)
         self.stats.failed += 1
         self.failures.record(path, st, reason)
+        gone: list[str] = []
         if st is not None and self.config.output.style != "freedesktop" and self.rules.wants(path):
-            remove_thumbnails(self.rules.targets(path))
+            remove_thumbnails(self.rules.targets(path), gone)
+        treeevents.failed(path, reason, gone)
         if log:
             say_failed(logger, path, reason)
 

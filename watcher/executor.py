@@ -58,6 +58,8 @@ class Rendered(Outcome):
     ms: float
     outputs: tuple[str, ...]  # the thumbnails written
     host: str = ""  # the render host, when it is not this one
+    thumbnails: tuple[dict, ...] = ()  # treeevents.thumbnails(): size, path, pixels, bytes, format
+    placeholder: dict | None = None  # {"kind": "thumbhash", "hash": ...} when output.placeholder asks
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from . import treeevents
 from .paths import FORMAT_EXT, JPEG_EXTS, TEMP_PREFIX, PathRules, Target, is_this_hosts_temp, shown
 
 logger = logging.getLogger(__name__)
@@ -126,12 +127,15 @@ def restamp(st: os.stat_result, targets: Sequence[Target]) -> bool:
     return fresh(st, targets)
 
 
-def remove_thumbnails(targets: tuple[Target, ...]) -> int:
+def remove_thumbnails(targets: tuple[Target, ...], gone: list[str] | None = None) -> int:
+    """Remove these thumbnails; the paths actually removed are added to `gone` (for events)."""
     removed = 0
     for target in targets:
         try:
             os.unlink(target.path)
             removed += 1
+            if gone is not None:
+                gone.append(target.path)
         except OSError:
             pass
     return removed
@@ -207,12 +211,15 @@ def sweep_orphans(rules: PathRules, tops: list[str], expected: set[str], since_n
         return 0
     removed = 0
     for top, folder, orphans in found:
+        gone: list[str] = []  # hooks: one "removed" event per folder
         for path in orphans:
             try:
                 os.unlink(path)
                 removed += 1
+                gone.append(path)
             except OSError:
                 continue
+        treeevents.removed(gone, why="orphan", folder=folder)
         if folder != top:
             try:
                 os.rmdir(folder)  # only succeeds when empty
@@ -228,9 +235,12 @@ def move_folder_thumbnails(rules: PathRules, src: str, dest: str) -> None:
     if rules.config.output.style == "freedesktop":
         return
     old, new = rules.folder(src), rules.folder(dest)
-    for (_size, before), (_same, after) in zip(old.bases, new.bases):
+    carried = []  # hooks: one "moved" event
+    for (size, before), (_same, after) in zip(old.bases, new.bases):
         if before != after and os.path.isdir(before):
             carry_thumbnails(before, after)
+            carried.append((size.name, before, after))
+    treeevents.moved(src, dest, carried)
 
 
 def remove_folder_thumbnails(rules: PathRules, folder: str) -> int:

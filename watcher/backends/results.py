@@ -22,11 +22,12 @@ import traceback
 from dataclasses import dataclass
 from typing import Sequence
 
+from .. import treeevents
 from ..config import OutputConfig, SizeSpec
 from ..executor import Crashed, Failed, Job, Outcome, OutputBlocked, Rendered, TimedOut, Vanished
 from ..limits import keep_freed_memory, memory_cap
 from ..paths import Target, shown
-from ..render import OutputError, PhotoVanished, RenderError, RenderSettings, render
+from ..render import OutputError, PhotoVanished, RenderError, RenderSettings, placeholder, render
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Done:
     outputs: tuple[str, ...]
     ms: float
     again: bool = False  # fresh already: another host rendered this version, nothing was written
+    thumbnails: tuple[dict, ...] = ()  # treeevents.thumbnails(): each one's size, pixels, bytes, format (hooks)
+    placeholder: dict | None = None  # render/placeholder.py, when output.placeholder asks for one
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ def attempt(src: str, targets: Sequence[Target], settings: RenderSettings) -> Re
 
     try:
         result = render(src, targets, settings)
-        return Done(tuple(out[0] for out in result.outputs), ms())
+        return Done(tuple(out[0] for out in result.outputs), ms(), thumbnails=treeevents.thumbnails(result, targets),
+                    placeholder=placeholder.of(result, settings.output))
     except PhotoVanished as err:
         return Gone(str(err))
     except OutputError as err:
@@ -106,7 +110,7 @@ def to_outcome(job: Job, result: Result, host: str = "") -> Outcome:
     """The executor's Outcome for a job's result; `host` names the render host, if not this one."""
     match result:
         case Done(outputs=outputs, ms=ms):
-            return Rendered(job, ms, tuple(outputs), host)
+            return Rendered(job, ms, tuple(outputs), host, tuple(result.thumbnails), result.placeholder)
         case CannotRender(reason=reason, ms=ms):
             return Failed(job, reason, ms, host)
         case Gone(reason=reason):
@@ -126,7 +130,7 @@ def to_outcome(job: Job, result: Result, host: str = "") -> Outcome:
 def to_wire(result: Result) -> dict:
     match result:
         case Done(outputs=outputs, ms=ms, again=again):
-            wire = {"k": "ok", "ms": ms, "o": list(outputs)}
+            wire = {"k": "ok", "ms": ms, "o": list(outputs), "t": list(result.thumbnails), "ph": result.placeholder}
             if again:
                 wire["again"] = 1
         case CannotRender(reason=reason, ms=ms):
@@ -152,7 +156,8 @@ def from_wire(wire: dict) -> Result:
     reason = str(wire.get("r", ""))
     match wire.get("k"):
         case "ok":
-            return Done(tuple(wire.get("o", ())), float(wire.get("ms", 0.0)), bool(wire.get("again")))
+            return Done(tuple(wire.get("o", ())), float(wire.get("ms", 0.0)), bool(wire.get("again")),
+                        tuple(wire.get("t") or ()), wire.get("ph"))
         case "failed":
             return CannotRender(reason, float(wire.get("ms", 0.0)))
         case "vanished":

@@ -62,6 +62,7 @@ class RenderResult:
     width: int
     height: int
     outputs: tuple[tuple[str, int, int], ...]
+    bytes: tuple[int, ...] = ()  # each output's file size, in the order of outputs (thumbnail events)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def _thumbnails(source: formats.Source, f, src: str, st: os.stat_result, targets
 
     made: list[Image.Image] = []  # colour-converted and upright, largest first
     outputs = []
+    nbytes: dict[str, int] = {}
     for plan in plans:
         # resample from the smallest image made so far that covers this size, else the decoded
         # one (in stored orientation: it is turned after scaling, where that is cheap)
@@ -208,9 +210,10 @@ def _thumbnails(source: formats.Source, f, src: str, st: os.stat_result, targets
         thumb = scaled.crop(plan.box) if plan.box is not None else scaled
         written.append(write(thumb, plan.target, output, st, meta, fd_info))
         outputs.append((plan.target.path, thumb.width, thumb.height))
+        nbytes[plan.target.path] = os.stat(written[-1][1], dir_fd=written[-1][0]).st_size
     order = {t.path: i for i, t in enumerate(targets)}
     outputs.sort(key=lambda o: order[o[0]])
-    return RenderResult(upright[0], upright[1], tuple(outputs))
+    return RenderResult(upright[0], upright[1], tuple(outputs), tuple(nbytes[o[0]] for o in outputs))
 
 
 def _resample(source: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None) -> Image.Image:
