@@ -328,6 +328,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         + "".join(f"\n  REMOVALS HELD: {n} thumbnail(s) under {root} (`thumbwatch scan --confirm-removals`)"
                   for root, n in sorted((status.get("removals_held") or {}).items()))
         + ("\n  paused: photos queue up but none goes to the workers (`thumbwatch resume`)" if paused else "")
+        + (f"\n  hooks:    {h['pending']} event(s) pending, {h['dropped']} dropped; " + ", ".join(f"{k} {v}" for k, v in h["receivers"].items())
+           if (h := status.get("hooks")) else "")
         + _render_hosts(status)
     )
     return 0

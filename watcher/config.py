@@ -7,6 +7,7 @@ field; the parser reads it from there (a key left out of the file gets the field
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from .configfile import ConfigError, Section, check_writable, read_yaml  # noqa: F401 (ConfigError: callers import it from here)
+from .hooksconfig import HooksConfig, parse_hooks
 
 EX_CONFIG = 78
 
@@ -29,6 +31,7 @@ SUBSAMPLINGS = ("4:2:0", "4:4:4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BACKENDS = ("local", "celery")
+PLACEHOLDERS = ("none", "thumbhash", "blurhash")
 BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 TEMPLATE_FIELDS = ("size", "stem", "ext", "dir")
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -91,6 +94,7 @@ class OutputConfig:
     delete_with_photo: bool = True
     embedded_preview: bool = False
     confirm_mass_removal: bool = True  # hold a sweep of most of a root's thumbnails (roots.py)
+    placeholder: str = "none"  # thumbhash | blurhash: a tiny preview in each "rendered" event (hooks)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class Config:
     log: LogConfig
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     celery: CeleryConfig = field(default_factory=CeleryConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
 
     def effective(self) -> dict[str, Any]:
         """The config as plain YAML-able data, every default filled in."""
@@ -187,10 +192,11 @@ def parse(data: Any, *, file: Path, base_dir: Path) -> Config:
     log = _parse_log(top.section("log", LogConfig), base_dir)
     metrics = _parse_metrics(top.section("metrics", MetricsConfig))
     celery = _parse_celery(top.section("celery", CeleryConfig), limits)
+    hooks = parse_hooks(top.section("hooks", HooksConfig), base_dir)
     top.close()
     _check_output_outside_roots(top, watch, output)
     _check_under_system_unit(top, output, state)
-    return Config(file, watch, output, workers, limits, state, log, metrics, celery)
+    return Config(file, watch, output, workers, limits, state, log, metrics, celery, hooks)
 
 
 def _resolve(base_dir: Path, raw: str) -> Path:
@@ -276,7 +282,10 @@ def _parse_output(s: Section, base_dir: Path) -> OutputConfig:
         delete_with_photo=s.boolean("delete_with_photo"),
         embedded_preview=s.boolean("embedded_preview"),
         confirm_mass_removal=s.boolean("confirm_mass_removal"),
+        placeholder=s.choice("placeholder", PLACEHOLDERS),
     )
+    if output.placeholder == "blurhash" and importlib.util.find_spec("blurhash") is None:
+        raise s.error(s.key("placeholder"), "blurhash needs the blurhash library (pip install 'thumbwatch[blurhash]')")
     s.close()
     return output
 
@@ -470,7 +479,7 @@ def check_folders(config: Config) -> None:
 
 
 # What a reload cannot change in a running daemon (key prefixes): said, and left for a restart.
-RESTART_NEEDED = ("state.", "watch.observer", "metrics.", "workers.backend", "celery.")
+RESTART_NEEDED = ("state.", "watch.observer", "metrics.", "workers.backend", "celery.", "hooks.")
 
 
 def changes(old: Config, new: Config) -> tuple[list[str], list[str]]:

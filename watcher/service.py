@@ -23,7 +23,7 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from . import config as config_mod, logsetup
+from . import config as config_mod, hooks, logsetup
 from .admission import Admission
 from .backends import make_executor
 from .config import EX_CONFIG, Config, ConfigError
@@ -144,6 +144,7 @@ class Service:
         self.control = Control(self)  # the admins' socket: commands answered in step(), pause (control.py)
         self._last_periodic = 0.0
         self._last_watchdog = 0.0
+        self.hooks: hooks.Hooks | None = None
         self._last_rescan = clock()
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -178,10 +179,11 @@ class Service:
         if removed:
             logger.info("removed %d temp file(s) left by an earlier run", removed)
         self.executor.start()  # local workers are spawned here: before any thread of ours
+        self.hooks = self.status.hooks = hooks.start(cfg.hooks, cfg.state.dir)  # hooks: thumbnail events, spooled and sent
         if cfg.metrics.port is not None:
             from . import metrics
 
-            metrics.start(cfg.metrics, lambda: self.status.snapshot("running"))
+            metrics.start(cfg.metrics, lambda: self.status.snapshot("running"), self.health)
         self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done, self.roots)
         self.scanner.start()
         if not self.one_shot:
@@ -361,6 +363,20 @@ class Service:
         self.status.write(self.control.state(), force=True)
         self.notifier.ready(self.status.line())
 
+    def health(self) -> str | None:
+        """For GET /healthz (metrics.py): why this daemon is not healthy, or None when it is."""
+        if self.stopping:
+            return "stopping"
+        if not self._last_periodic:
+            return "starting"
+        quiet = self.clock() - self._last_periodic
+        if quiet > 10 * PERIODIC + 5:
+            return f"main loop has not run for {quiet:.0f} s"
+        away = {**{root: "missing" for root in self.watching.missing}, **self.roots.unavailable()}
+        if away:
+            return "watched folder(s) not available: " + ", ".join(f"{root} ({why})" for root, why in sorted(away.items()))
+        return None
+
     # ---- stop -----------------------------------------------------------------------------
 
     def drain(self) -> int:
@@ -391,6 +407,7 @@ class Service:
         if self.scanner is not None:
             self.scanner.join(5)
         self.failures.save_or_log()
+        hooks.stop(self.hooks)  # hooks: what was not delivered stays in the spool for the next start
         self.status.write("stopped", force=True)
         self.status.log_stopped()
         return self.exit_code

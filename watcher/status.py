@@ -82,6 +82,7 @@ class Status:
         self._text = ""
         self._last_progress = clock()
         self._progress_done = 0
+        self.hooks: Any = None  # hooks.Hooks, when hooks run: its spool's counters go in the file
 
     def reconfigure(self, config: Config, rules: PathRules) -> None:
         self.config, self.rules = config, rules
@@ -124,6 +125,7 @@ class Status:
             "render_ms_p95": stats.percentile(0.95),
             "output_blocked": admission.block.reason if admission.block else None,
             "failure_records": len(self.failures),
+            "hooks": self.hooks.describe() if self.hooks is not None else None,
         }
 
     def log_starting(self) -> None:
