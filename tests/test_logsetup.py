@@ -82,3 +82,54 @@ def test_under_journald_only_when_the_stream_matches(tmp_path, monkeypatch):
         st = os.fstat(stream.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
         assert logsetup.under_journald(stream)
+
+
+WARN_SCRIPT = """
+import warnings
+from watcher import logsetup
+from watcher.config import LogConfig
+logsetup.configure(LogConfig(format={fmt!r}))
+warnings.warn_explicit("Callback with id 5 already exists", RuntimeWarning, "/x/watchdog/observers/inotify.py", 365)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_library_warning_is_one_formatted_log_line_never_raw_on_stderr(fmt):
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARN_SCRIPT.format(fmt=fmt)], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in __import__("os").environ.items() if k not in ("JOURNAL_STREAM", "PYTHONWARNINGS")})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 0 and len(lines) == 1, done.stderr
+    if fmt == "json":
+        data = json.loads(lines[0])
+        assert data["level"] == "warning" and data["logger"] == "py.warnings"
+        assert data["msg"] == "RuntimeWarning: Callback with id 5 already exists (/x/watchdog/observers/inotify.py:365)"
+    else:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} WARNING RuntimeWarning: Callback with id 5 already exists "
+                            r"\(/x/watchdog/observers/inotify\.py:365\)", lines[0]), lines[0]
+
+
+def test_a_warning_under_journald_carries_the_warning_priority(restore_logging):
+    import warnings
+
+    logsetup.configure(LogConfig())
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("odd thing", UserWarning)
+    finally:
+        logging.getLogger().removeHandler(keep)
+    [rec] = [r for r in records if r.name == "py.warnings"]
+    line = logsetup.JournalFormatter("%(message)s").format(rec)
+    assert line.startswith("<4>UserWarning: odd thing (") and "\n" not in line

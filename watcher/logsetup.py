@@ -1,7 +1,9 @@
 """Logging for the way people read it: journald, a terminal, a rotated file, or JSON lines.
 
 configure() may be called again on reload: it replaces our handler instead of stacking one
-more. Worker processes never write logs themselves; ForwardingHandler ships each record to the
+more. Python warnings from any library (watchdog's "Callback with id ... already exists", say)
+go through logging too (logger py.warnings, level WARNING, one line: category, text, where),
+never raw on stderr. Worker processes never write logs themselves; ForwardingHandler ships each record to the
 master over the worker's pipe and handle_forwarded() writes it there, so lines never interleave.
 """
 
@@ -119,7 +121,33 @@ def configure(log: LogConfig) -> None:
     root.setLevel(log.level.upper())
     for name, level in QUIET.items():
         logging.getLogger(name).setLevel(max(level, root.level))
+    capture_warnings()
     _handler = handler
+
+
+class OneLineWarning(logging.Filter):
+    """logging.captureWarnings() logs warnings.formatwarning()'s text: "file:line: Category: text"
+    and then the source line. Keep the first line, put the category first: "RuntimeWarning:
+    Callback with id 3 already exists (watchdog/observers/inotify.py:365)"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+        where, sep, rest = text.partition(": ")
+        if sep and ":" in where:
+            text = f"{rest} ({where})"
+        record.msg, record.args = text, ()
+        return True
+
+
+_one_line = OneLineWarning()
+
+
+def capture_warnings() -> None:
+    logging.captureWarnings(False)  # forget a capture that a catch_warnings() since undid
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    if _one_line not in warnings_logger.filters:
+        warnings_logger.addFilter(_one_line)
 
 
 def reopen() -> None:
@@ -137,6 +165,7 @@ class ForwardingHandler(logging.Handler):
     def __init__(self, send: Callable[[dict], None]):
         super().__init__()
         self.send = send
+        capture_warnings()  # a worker's warnings take the same way as its log records
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
