@@ -1,7 +1,11 @@
-"""Optional Prometheus endpoint (metrics.port set), served by the official prometheus-client.
+"""Optional Prometheus endpoint (metrics.port set), served by the official prometheus-client,
+and GET /healthz beside it.
 
 Values are read from the master's status() at scrape time, so there is no second set of
 counters to keep in step. Off by default; binds to metrics.host (localhost) only.
+
+/healthz answers 200 "ok" while the master's loop runs and the watched folders are available,
+503 with a one-line reason otherwise; the master's health() callable decides (service.py).
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .config import ConfigError, MetricsConfig
 
@@ -57,9 +64,11 @@ def _cannot_listen(config: MetricsConfig, err: OSError) -> str:
     return text
 
 
-def start(config: MetricsConfig, status: Callable[[], dict]) -> None:
+def start(config: MetricsConfig, status: Callable[[], dict], health: Callable[[], str | None] = lambda: None) -> WSGIServer:
+    """Serve /metrics and /healthz from a thread; `health()` returns why the daemon is not
+    healthy, or None."""
     try:
-        from prometheus_client import start_http_server
+        from prometheus_client import make_wsgi_app
         from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
     except ImportError:
         raise ConfigError("metrics.port: needs the prometheus-client library (pip install 'thumbwatch[metrics]')") from None
@@ -72,11 +81,47 @@ def start(config: MetricsConfig, status: Callable[[], dict]) -> None:
             for key, text in GAUGES.items():
                 if values.get(key) is not None:
                     yield GaugeMetricFamily(f"thumbwatch_{key}", text, value=values[key])
-            yield GaugeMetricFamily("thumbwatch_workers", "Worker processes", value=len(values["workers"]))
+            yield GaugeMetricFamily("thumbwatch_workers", "Worker processes", value=len(values.get("workers", ())))
+            hooks = values.get("hooks")
+            if hooks:
+                yield GaugeMetricFamily("thumbwatch_hooks_pending", "Thumbnail events in the hooks spool not yet delivered (the slowest receiver)", value=hooks["pending"])
+                yield CounterMetricFamily("thumbwatch_hooks_dropped", "Thumbnail events dropped from the full hooks spool", value=hooks["dropped"])
+                up = GaugeMetricFamily("thumbwatch_hook_up", "1 while a hook's receiver takes deliveries", labels=["receiver"])
+                for name, state in hooks["receivers"].items():
+                    up.add_metric([name], 1 if state == "up" else 0)
+                yield up
 
-    REGISTRY.register(Collector())
+    collector = Collector()
+    REGISTRY.register(collector)
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return metrics_app(environ, start_response)
+        try:
+            reason = health()
+        except Exception as err:  # a bug must not take the endpoint down with it
+            logger.exception("bug in the health check (please report it)")
+            reason = f"health check failed: {err}"
+        text = "ok" if reason is None else " ".join(reason.split())
+        start_response("200 OK" if reason is None else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")])
+        return [(text + "\n").encode("utf-8", "replace")]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
+
     try:
-        start_http_server(config.port, addr=config.host)
+        server = make_server(config.host, config.port, app, Server, handler_class=_Quiet)
     except OSError as err:
+        REGISTRY.unregister(collector)
         raise ConfigError(_cannot_listen(config, err)) from None
-    logger.info("metrics on http://%s:%d/metrics", config.host, config.port)
+    threading.Thread(target=server.serve_forever, name="thumbwatch-metrics", daemon=True).start()
+    logger.info("metrics on http://%s:%d/metrics, health on /healthz", config.host, server.server_port)
+    return server
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass  # a scrape every 15 s is not worth a log line
