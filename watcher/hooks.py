@@ -17,7 +17,9 @@ A batch holds up to hooks.batch events and is sent once it is full or its oldest
 waited hooks.max_wait seconds. A failed batch is sent again, with back-off (1 s doubling to
 60 s), until it gets through: a receiver sees an event at least once, and may see it twice
 (after a failure it could not tell from a success, or a restart between a delivery and its
-cursor being saved). A receiver going down and coming back is one log line each.
+cursor being saved). A receiver going down and coming back is one log line each. At stop, a
+receiver that takes deliveries gets what is pending (for up to STOP_GRACE seconds); the rest
+waits in the spool for the next start.
 
 The spool: folder <state.dir>/hooks/, segments NNNNNNNNNN.jsonl written in order, and
 cursors.json (per receiver: segment, byte offset, events read in it), saved after every
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 SPOOL_DIR = "hooks"
 CURSORS = "cursors.json"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
-STOP_GRACE = 5.0  # s a delivery in progress may go on after stop() before it is abandoned
+STOP_GRACE = 5.0  # s after stop() for what is pending to go out (a receiver that is up); then it waits in the spool
 MAX_SEGMENT_EVENTS = 1000
 
 Position = tuple[int, int, int]  # (segment number, byte offset, events before it in the segment)
@@ -271,6 +273,7 @@ class Receiver:
         self.stopping = threading.Event()
         self.down_since: float | None = None
         self.delivered = 0
+        self.stop_deadline = 0.0
         self.thread = threading.Thread(target=self.run, name=f"thumbwatch-hook-{self.kind}", daemon=True)
 
     def describe(self) -> str:
@@ -282,7 +285,7 @@ class Receiver:
     def run(self) -> None:
         delay = BACKOFF_FIRST
         first_seen: float | None = None
-        while not self.stopping.is_set():
+        while not self._done():
             pending = self.spool.pending(self.kind)
             if pending == 0:
                 first_seen = None
@@ -291,7 +294,8 @@ class Receiver:
                 continue
             now = time.monotonic()
             first_seen = first_seen or now
-            if pending < self.config.batch and now - first_seen < self.config.max_wait:
+            stopping = self.stopping.is_set()  # then what is pending goes at once, while the receiver takes it
+            if not stopping and pending < self.config.batch and now - first_seen < self.config.max_wait:
                 self.wake.wait(self.config.max_wait - (now - first_seen))  # let the batch fill
                 self.wake.clear()
                 continue
@@ -307,6 +311,8 @@ class Receiver:
                     self.down_since = time.monotonic()
                     logger.warning("hook %s is down: %s; holding %d event(s) in the spool, retrying with back-off (up to %g s)",
                                    self.describe(), err, pending, BACKOFF_MAX)
+                if self.stopping.is_set():
+                    return  # no back-off at stop: the spool keeps them for the next start
                 self.stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -323,7 +329,14 @@ class Receiver:
                             time.monotonic() - self.down_since, self.spool.pending(self.kind) + len(lines))
                 self.down_since = None
 
+    def _done(self) -> bool:
+        """At stop, a receiver that takes deliveries gets what is pending, for up to STOP_GRACE s."""
+        if not self.stopping.is_set():
+            return False
+        return self.down_since is not None or time.monotonic() > self.stop_deadline or self.spool.pending(self.kind) == 0
+
     def stop(self) -> None:
+        self.stop_deadline = time.monotonic() + STOP_GRACE
         self.stopping.set()
         self.wake.set()
 
