@@ -133,3 +133,30 @@ def test_a_warning_under_journald_carries_the_warning_priority(restore_logging):
     [rec] = [r for r in records if r.name == "py.warnings"]
     line = logsetup.JournalFormatter("%(message)s").format(rec)
     assert line.startswith("<4>UserWarning: odd thing (") and "\n" not in line
+
+
+# The daemon as `python -m watcher run` starts it, with one library warning raised right after its
+# logging is set up (as watchdog's "Callback with id ... already exists" came, from a thread).
+WARNING_DAEMON = """
+import sys, threading, warnings
+from watcher import cli, logsetup
+configure = logsetup.configure
+def configure_then_warn(log):
+    configure(log)
+    def warn():
+        warnings.warn_explicit("Callback with id 7 already exists", RuntimeWarning, "/x/watchdog/observers/inotify.py", 365)
+    threading.Thread(target=warn).start()
+logsetup.configure = configure_then_warn
+sys.exit(cli.main())
+"""
+
+
+def test_a_warning_in_the_running_daemon_is_a_log_line(project, start_daemon):
+    from helpers import wait_for
+
+    daemon = start_daemon(launcher=("-c", WARNING_DAEMON))
+    daemon.wait_ready()
+    wait_for(lambda: daemon.matching("Callback with id 7"), 10, message="the warning logged")
+    [line] = daemon.matching("Callback with id 7")
+    assert " WARNING RuntimeWarning: Callback with id 7 already exists (/x/watchdog/observers/inotify.py:365)" in line, line
+    assert not daemon.matching(r"^\s|inotify.py:365: RuntimeWarning"), "raw warning text on stderr"
