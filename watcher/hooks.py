@@ -56,7 +56,7 @@ SPOOL_DIR = "hooks"
 CURSORS = "cursors.json"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 STOP_GRACE = 5.0  # s after stop() for what is pending to go out (a receiver that is up); then it waits in the spool
-MAX_SEGMENT_EVENTS = 1000
+SEGMENTS = 10  # the spool is cut in about this many segments: the oldest is what a full spool drops
 
 Position = tuple[int, int, int]  # (segment number, byte offset, events before it in the segment)
 
@@ -75,7 +75,7 @@ class Spool:
     def __init__(self, folder: Path, receivers: list[str], max_events: int):
         self.folder = folder
         self.max_events = max_events
-        self.segment_events = max(1, min(MAX_SEGMENT_EVENTS, max_events // 10))
+        self.segment_events = max(1, max_events // SEGMENTS)  # so a count of pending events sums a dozen numbers
         self.receivers = receivers
         self.lock = threading.Lock()
         self.counts: dict[int, int] = {}  # segment number -> events in it
