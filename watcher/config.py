@@ -7,7 +7,6 @@ field; the parser reads it from there (a key left out of the file gets the field
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 
 from .configfile import ConfigError, Section, check_writable, read_yaml  # noqa: F401 (ConfigError: callers import it from here)
-from .hooksconfig import HooksConfig, parse_hooks
+from .hooksconfig import HooksConfig, parse_hooks, parse_placeholder
 
 EX_CONFIG = 78
 
@@ -31,7 +30,6 @@ SUBSAMPLINGS = ("4:2:0", "4:4:4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 BACKENDS = ("local", "celery")
-PLACEHOLDERS = ("none", "thumbhash", "blurhash")
 BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 TEMPLATE_FIELDS = ("size", "stem", "ext", "dir")
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -282,10 +280,8 @@ def _parse_output(s: Section, base_dir: Path) -> OutputConfig:
         delete_with_photo=s.boolean("delete_with_photo"),
         embedded_preview=s.boolean("embedded_preview"),
         confirm_mass_removal=s.boolean("confirm_mass_removal"),
-        placeholder=s.choice("placeholder", PLACEHOLDERS),
+        placeholder=parse_placeholder(s),
     )
-    if output.placeholder == "blurhash" and importlib.util.find_spec("blurhash") is None:
-        raise s.error(s.key("placeholder"), "blurhash needs the blurhash library (pip install 'thumbwatch[blurhash]')")
     s.close()
     return output
 

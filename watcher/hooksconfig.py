@@ -1,8 +1,10 @@
-"""The config's hooks section (where thumbnail events go: hooks.py), kept apart from config.py,
-which holds it as Config.hooks. Defaults are written once, on the dataclass fields."""
+"""The config's hooks section (where thumbnail events go: hooks.py) and output.placeholder,
+kept apart from config.py, which holds them as Config.hooks and OutputConfig.placeholder.
+Defaults are written once, on the dataclass fields."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -10,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configfile import Section
+
+PLACEHOLDERS = ("none", "thumbhash", "blurhash")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,14 @@ class HooksConfig:
     batch: int = 100  # events per delivery, at most
     max_wait: float = 1.0  # seconds an event may wait for a batch to fill
     spool_max: int = 100_000  # events kept for a receiver that is down; past it the oldest go
+
+
+def parse_placeholder(s: Section) -> str:
+    """output.placeholder: blurhash only with its library installed (the blurhash extra)."""
+    kind = s.choice("placeholder", PLACEHOLDERS)
+    if kind == "blurhash" and importlib.util.find_spec("blurhash") is None:
+        raise s.error(s.key("placeholder"), "blurhash needs the blurhash library (pip install 'thumbwatch[blurhash]')")
+    return kind
 
 
 def parse_hooks(s: Section, base_dir: Path) -> HooksConfig:

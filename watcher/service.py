@@ -372,9 +372,9 @@ class Service:
         quiet = self.clock() - self._last_periodic
         if quiet > 10 * PERIODIC + 5:
             return f"main loop has not run for {quiet:.0f} s"
-        away = {**{root: "missing" for root in self.watching.missing}, **self.roots.unavailable()}
+        away = {**{root: "it does not exist" for root in self.watching.missing}, **self.roots.unavailable()}  # roots.py says why
         if away:
-            return "watched folder(s) not available: " + ", ".join(f"{root} ({why})" for root, why in sorted(away.items()))
+            return "watched folder(s) not available: " + "; ".join(f"{root}: {why}" for root, why in sorted(away.items()))
         return None
 
     # ---- stop -----------------------------------------------------------------------------
