@@ -29,6 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench import cpu_name
+
 TARGET = 0.97
 MARGIN = 0.01
 
@@ -161,16 +163,8 @@ def append_cost_us(folder: Path, events: int = 20_000) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     usable = len(os.sched_getaffinity(0))
-    return f"{platform.node()}: {cpu} ({platform.machine()}), {os.cpu_count()} CPUs ({usable} usable), Python {platform.python_version()}, Pillow {Image.__version__}"
+    return f"{platform.node()}: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs ({usable} usable), Python {platform.python_version()}, Pillow {Image.__version__}"
 
 
 def main() -> int:
