@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/thumbwatch.yaml
 
-.PHONY: run test test-celery test-systemd stress bench bench-big clean redis-server
+.PHONY: run test test-storage test-celery test-systemd stress bench bench-big clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ run: $(VENV)/.installed
 	$(BIN)/thumbwatch run --config $(CONFIG)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest --ignore=tests/celery
+	$(BIN)/python -m pytest --ignore=tests/celery --ignore=tests/test_storage.py
+
+# Storage that goes away under a running daemon: real loop-mounted ext4 images, tmpfs and a dead
+# FUSE mount (needs root; skips with a message otherwise, and fails instead when CI=true).
+test-storage: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/test_storage.py
 
 # The Celery backend against a real broker: starts its own redis-server (127.0.0.1, a free port).
 test-celery: $(VENV)/.installed-test redis-server
