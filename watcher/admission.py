@@ -41,7 +41,8 @@ from .paths import PathRules, Target, shown
 from .state import FailureStore
 from .settling import Restamps, Settler
 from .status import Stats
-from .thumbtree import carries_mtime, fresh, move_folder_thumbnails, remove_folder_thumbnails, remove_thumbnails, restamp
+from .thumbtree import (carries_mtime, fresh, move_folder_thumbnails, remove_folder_thumbnails, remove_photo_thumbnails,
+                        remove_thumbnails, restamp)
 
 logger = logging.getLogger("watcher")
 
@@ -249,10 +250,7 @@ class Admission:
         self.settling.discard(path)
         self.failures.forget(path)
         if self.config.output.delete_with_photo and self.present(path):
-            gone: list[str] = []
-            removed = remove_thumbnails(self.rules.targets(path), gone)
-            treeevents.removed(gone, why="deleted", photo=path)
-            if removed:
+            if removed := remove_photo_thumbnails(self.rules, path):
                 logger.log(_photo_level(self.config), "removed %d thumbnail(s) of deleted %s", removed, shown(path))
 
     def folder_moved(self, src: str, dest: str) -> bool:
@@ -341,7 +339,8 @@ class Admission:
         for path in self.in_flight.done(job):
             self.queue.offer(path)
         if self.block is not None and not isinstance(outcome, (OutputBlocked, Returned, Lost)):
-            self._output_ok()
+            logger.info("thumbnails can be written again; resuming %d held photo(s)", self.waiting())
+            self.block = None
         match outcome:
             case Rendered(ms=ms, outputs=outputs, host=host):
                 self.settling.done(job.path)
@@ -380,16 +379,13 @@ class Admission:
                 self._fail(job.path, _stat(job.path), "internal error (see the log)", log=False)
 
     def _lost(self, job: Job, worker: str, how: str) -> None:
-        attempts = job.attempts + 1
-        if attempts > self.config.workers.max_retries:
-            logger.error("worker exited %s %s while rendering %s; restarting it", worker, how, shown(job.path))
+        attempts, most = job.attempts + 1, self.config.workers.max_retries
+        again = f" and retrying the photo (attempt {attempts + 1} of {most + 1})" if attempts <= most else ""
+        logger.error("worker exited %s %s while rendering %s; restarting it%s", worker, how, shown(job.path), again)
+        if not again:
             self._fail(job.path, _stat(job.path), f"worker died on it {attempts} times ({how})")
             return
         self.stats.retried += 1
-        logger.error(
-            "worker exited %s %s while rendering %s; restarting it and retrying the photo (attempt %d of %d)",
-            worker, how, shown(job.path), attempts + 1, self.config.workers.max_retries + 1,
-        )
         self.held.appendleft(replace(job, attempts=attempts))
 
     def _fail(self, path: str, st: os.stat_result | None, reason: str, *, log: bool = True) -> None:
@@ -406,10 +402,6 @@ class Admission:
         treeevents.failed(path, reason, gone)
         if log:
             say_failed(logger, path, reason)
-
-    def _output_ok(self) -> None:
-        logger.info("thumbnails can be written again; resuming %d held photo(s)", self.waiting())
-        self.block = None
 
     # ---- time passing -----------------------------------------------------------------------
 

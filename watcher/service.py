@@ -183,7 +183,8 @@ class Service:
         if cfg.metrics.port is not None:
             from . import metrics
 
-            metrics.start(cfg.metrics, lambda: self.status.snapshot("running"), self.health)
+            metrics.start(cfg.metrics, lambda: self.status.snapshot("running"),
+                          lambda: self.status.health(stopping=self.stopping, last_loop=self._last_periodic, every=PERIODIC))
         self.scanner = Scanner(self.admission, lambda path: self.notice(Notice("settle", path)), self._scan_done, self.roots)
         self.scanner.start()
         if not self.one_shot:
@@ -362,20 +363,6 @@ class Service:
         self.rescan("reload rescan", self.rules.roots)
         self.status.write(self.control.state(), force=True)
         self.notifier.ready(self.status.line())
-
-    def health(self) -> str | None:
-        """For GET /healthz (metrics.py): why this daemon is not healthy, or None when it is."""
-        if self.stopping:
-            return "stopping"
-        if not self._last_periodic:
-            return "starting"
-        quiet = self.clock() - self._last_periodic
-        if quiet > 10 * PERIODIC + 5:
-            return f"main loop has not run for {quiet:.0f} s"
-        away = {**{root: "it does not exist" for root in self.watching.missing}, **self.roots.unavailable()}  # roots.py says why
-        if away:
-            return "watched folder(s) not available: " + "; ".join(f"{root}: {why}" for root, why in sorted(away.items()))
-        return None
 
     # ---- stop -----------------------------------------------------------------------------
 

@@ -84,6 +84,23 @@ class Status:
         self._progress_done = 0
         self.hooks: Any = None  # hooks.Hooks, when hooks run: its spool's counters go in the file
 
+    def health(self, *, stopping: bool, last_loop: float, every: float) -> str | None:
+        """For GET /healthz (metrics.py): why this daemon is not healthy, or None when it is.
+        `last_loop`: when the loop last did its housekeeping, which it does `every` seconds."""
+        if stopping:
+            return "stopping"
+        if not last_loop:
+            return "starting"
+        quiet = self.clock() - last_loop
+        if quiet > 10 * every + 5:
+            return f"main loop has not run for {quiet:.0f} s"
+        away = {root: "it does not exist" for root in self.watching.missing}
+        if self.roots is not None:
+            away.update(self.roots.unavailable())  # roots.py says why
+        if away:
+            return "watched folder(s) not available: " + "; ".join(f"{root}: {why}" for root, why in sorted(away.items()))
+        return None
+
     def reconfigure(self, config: Config, rules: PathRules) -> None:
         self.config, self.rules = config, rules
 

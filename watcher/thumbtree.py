@@ -243,6 +243,14 @@ def move_folder_thumbnails(rules: PathRules, src: str, dest: str) -> None:
     treeevents.moved(src, dest, carried)
 
 
+def remove_photo_thumbnails(rules: PathRules, path: str) -> int:
+    """A photo seen going (deleted, or renamed away): its thumbnails go, with their event."""
+    gone: list[str] = []
+    removed = remove_thumbnails(rules.targets(path), gone)
+    treeevents.removed(gone, why="deleted", photo=path)
+    return removed
+
+
 def remove_folder_thumbnails(rules: PathRules, folder: str) -> int:
     """A photo folder seen going from the tree (deleted, or moved out): remove its thumbnail
     folders (files of ours, then the folders left empty), unless it is there again or the config
