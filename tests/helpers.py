@@ -324,3 +324,15 @@ def library_missing(name: str):
         else:
             sys.modules[name] = before
         formats._missing.cache_clear()
+
+
+def inotify_watched_inodes(pid: int) -> set[int]:
+    """The inodes of every folder the process holds an inotify watch on, as the kernel says."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        inodes.update(int(m.group(1), 16) for m in re.finditer(r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE))
+    return inodes

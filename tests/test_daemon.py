@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import (corner_colour, edit_config, flat_jpeg_bytes, heavy, is_blue, is_red, jpeg_bytes, make_jpeg, mean_colour, move_in,
+from helpers import (corner_colour, edit_config, flat_jpeg_bytes, heavy, inotify_watched_inodes, is_blue, is_red, jpeg_bytes, make_jpeg, mean_colour, move_in,
                      same_colour, stage, temp_files, thumb, wait_for)
 from imagegen import camera_like_jpeg
 
@@ -301,18 +301,6 @@ def test_a_worker_reuses_freed_image_memory_instead_of_faulting_it_in_for_every_
         wait_for(thumb(project, f"s/{name}").exists, 20, message=name)
     per_photo = (minor_faults(worker) - before) / len(names[3:])
     assert per_photo < 300, f"{per_photo:.0f} page faults per photo"
-
-
-def inotify_watched_inodes(pid: int) -> set[int]:
-    """The inodes of every folder the process holds an inotify watch on, as the kernel says."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        inodes.update(int(m.group(1), 16) for m in re.finditer(r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.MULTILINE))
-    return inodes
 
 
 def inodes(*paths: Path) -> set[int]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import queue
-import time
 import warnings
 
 import pytest
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
-from helpers import make_jpeg, wait_for
+from helpers import inotify_watched_inodes, make_jpeg, wait_for
 from watcher.config import parse
 from watcher.paths import PathRules
 from watcher.watching import Watching, network_fs
@@ -83,7 +82,8 @@ def test_a_folder_moved_out_and_back_in_is_watched_once_under_its_new_name(tmp_p
             names = [b"with space", b"new\nline", b"back\\slash", b"bad\xff\xfe"]
             for name in names:
                 os.makedirs(os.path.join(r, name, b"sub", b"deeper"))
-            time.sleep(0.3)  # pacing, not synchronisation: let inotify watch the new folders first
+            new = {os.stat(os.path.join(r, name, *sub)).st_ino for name in names for sub in ((), (b"sub",), (b"sub", b"deeper"))}
+            wait_for(lambda: new <= inotify_watched_inodes(os.getpid()), message="inotify watches on the new folders")
             for i, name in enumerate(names):
                 os.rename(os.path.join(r, name), os.path.join(os.fsencode(outside), name))
                 os.rename(os.path.join(os.fsencode(outside), name), os.path.join(r, name + b" again"))
