@@ -36,7 +36,7 @@ from .render.formats import require_decoders
 from .roots import RootMonitor
 from .scan import Scanner, ScanReport
 from .state import FailureStore
-from .status import Stats, Status, summary
+from .status import Stats, Status
 from .systemd import Notifier
 from .thumbtree import remove_stale_temps
 from .watching import Watching
@@ -191,7 +191,7 @@ class Service:
             self.watching.start()
         self.control.open()  # a thread: after the executor forked its workers; before "ready"
         self.status.write("running", force=True)  # first: whoever reads "ready" can ask for the status
-        logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), summary(self.executor),
+        logger.info("ready: watching %d folder(s) with %s%s", len(self.watching.watches), self.executor.summary(),
                     " (one-shot scan)" if self.one_shot else "")
         self.notifier.ready(self.status.line())
         self.rescan("catch-up", self.rules.roots)
@@ -373,7 +373,7 @@ class Service:
         waiting = self.admission.waiting() + self.executor.in_flight() - in_hand
         try:
             logger.info("draining: %d photo(s) in hand with %s, %d queued (found again by the next start's catch-up)",
-                        in_hand, summary(self.executor), waiting)
+                        in_hand, self.executor.summary(), waiting)
             self.control.close()  # no more commands; a request waiting is told "stopping"
         finally:  # even when a log line fails: without its pill a worker keeps the process from exiting
             self.executor.drain()  # first: from now on nothing starts that wasn't already started

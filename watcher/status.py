@@ -51,17 +51,6 @@ class Stats:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def summary(executor: Any) -> str:
-    """The executor's own short phrase ("2 workers", "render hosts r1, r2")."""
-    own = getattr(executor, "summary", None)  # until every executor has summary() (the celery branch adds it)
-    if own is not None:
-        return own()
-    described = executor.describe()
-    if "render_hosts" in described:
-        return "render hosts " + ", ".join(described["render_hosts"]) if described["render_hosts"] else "render hosts"
-    return f"{len(described.get('workers', []))} workers"
-
-
 class Status:
     """Writes the status file and STATUS= (at most every STATUS_EVERY s, and at once on a change
     of state), and logs progress every log.progress_interval while there is a backlog."""
@@ -107,7 +96,7 @@ class Status:
     def line(self) -> str:
         unavailable = self.roots.unavailable() if self.roots is not None else {}
         return (
-            f"watching {len(self.watching.watches)} folders, {summary(self.executor)}, "
+            f"watching {len(self.watching.watches)} folders, {self.executor.summary()}, "
             f"{self.stats.done} done, {self.stats.failed} failed, queue {self.admission.waiting()}"
             + "".join(f"; UNAVAILABLE {root}: {why}" for root, why in sorted(unavailable.items()))
         )
